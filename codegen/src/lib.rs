@@ -1,0 +1,1 @@
+//! dropjit codegen.

@@ -1,0 +1,23 @@
+//! dropjit's graph layer: the IR, the JSON model format, validation, shape
+//! inference, printers, the autodiff and evaluation passes, dropout masks and the
+//! reference interpreter. It knows nothing of code generation.
+
+pub mod dot;
+pub mod error;
+mod fields;
+pub mod format;
+pub mod graph;
+pub mod ids;
+pub mod info;
+pub mod mask;
+pub mod op;
+pub mod print;
+pub mod recipe;
+pub mod shape;
+
+pub use error::{GraphError, Result};
+pub use format::{load, parse, LoadOptions};
+pub use graph::{DropoutMode, Graph, Init, Layer, Node, Param, Site, SiteOverride};
+pub use ids::{NodeId, ParamId, SiteId};
+pub use op::Op;
+pub use shape::{DType, TensorType};

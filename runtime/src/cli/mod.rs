@@ -1,0 +1,65 @@
+//! Command-line interface: argument definitions and dispatch.
+
+mod compile;
+mod info;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use dropjit_graph::{Graph, LoadOptions};
+
+/// Any error a command reports: printed in one or two lines, exit code 1.
+pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dropjit",
+    version,
+    about = "Static-graph compiler and JIT trainer for dropout with distinct forward and backward masks"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print a compiler stage of a model: the graph, its DOT picture, ...
+    Compile(compile::CompileArgs),
+    /// Parameter and multiply-add counts, per layer and in total.
+    Info(GraphArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GraphArgs {
+    /// Model file (JSON graph), e.g. models/resnet20.json.
+    #[arg(long)]
+    pub graph: PathBuf,
+    /// Reject graphs whose training buffers would exceed this many GiB.
+    #[arg(long, default_value_t = 8.0)]
+    pub memory_limit_gib: f64,
+}
+
+impl GraphArgs {
+    pub fn load(&self) -> Result<Graph, CliError> {
+        if !(self.memory_limit_gib > 0.0) {
+            return Err(format!(
+                "--memory-limit-gib must be positive, got {}",
+                self.memory_limit_gib
+            )
+            .into());
+        }
+        let opts = LoadOptions {
+            memory_limit_bytes: (self.memory_limit_gib * (1u64 << 30) as f64) as u64,
+        };
+        Ok(dropjit_graph::load(&self.graph, opts)?)
+    }
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Compile(args) => compile::run(&args),
+        Command::Info(args) => info::run(&args),
+    }
+}

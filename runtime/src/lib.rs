@@ -1,0 +1,5 @@
+//! dropjit's runtime: buffers, data, optimiser state, the training loop and
+//! the command-line tool. It drives `dropjit-graph` and `dropjit-codegen` and
+//! never builds IR by hand.
+
+pub mod cli;
