@@ -69,6 +69,21 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// "missing required field", with the likely typo if the object has one.
+    pub fn missing(&self, key: &str) -> GraphError {
+        let typo = self
+            .map
+            .keys()
+            .find(|k| !self.read.borrow().contains(k.as_str()) && edit_distance(k, key) <= 2);
+        match typo {
+            Some(t) => self.error(
+                key,
+                format!("missing required field (found '{t}': a typo?)"),
+            ),
+            None => self.error(key, "missing required field"),
+        }
+    }
+
     fn wrong(&self, key: &str, want: &str, got: &Value) -> GraphError {
         self.error(key, format!("expected {want}, got {}", describe(got)))
     }
@@ -82,8 +97,7 @@ impl<'a> Fields<'a> {
     }
 
     pub fn str(&self, key: &str) -> Result<&'a str> {
-        self.opt_str(key)?
-            .ok_or_else(|| self.error(key, "missing required field"))
+        self.opt_str(key)?.ok_or_else(|| self.missing(key))
     }
 
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
@@ -106,8 +120,7 @@ impl<'a> Fields<'a> {
     }
 
     pub fn positive(&self, key: &str) -> Result<usize> {
-        self.opt_positive(key)?
-            .ok_or_else(|| self.error(key, "missing required field"))
+        self.opt_positive(key)?.ok_or_else(|| self.missing(key))
     }
 
     /// A non-negative integer.
@@ -133,8 +146,7 @@ impl<'a> Fields<'a> {
     }
 
     pub fn f64(&self, key: &str) -> Result<f64> {
-        self.opt_f64(key)?
-            .ok_or_else(|| self.error(key, "missing required field"))
+        self.opt_f64(key)?.ok_or_else(|| self.missing(key))
     }
 
     pub fn opt_array(&self, key: &str) -> Result<Option<&'a Vec<Value>>> {
@@ -146,8 +158,7 @@ impl<'a> Fields<'a> {
     }
 
     pub fn array(&self, key: &str) -> Result<&'a Vec<Value>> {
-        self.opt_array(key)?
-            .ok_or_else(|| self.error(key, "missing required field"))
+        self.opt_array(key)?.ok_or_else(|| self.missing(key))
     }
 
     pub fn positive_list(&self, key: &str) -> Result<Option<Vec<usize>>> {
@@ -184,4 +195,20 @@ impl<'a> Fields<'a> {
             Some(k) => Err(self.error(k, "unknown field")),
         }
     }
+}
+
+/// Levenshtein distance, for typo hints on short field names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }

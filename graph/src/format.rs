@@ -63,7 +63,14 @@ pub fn parse(text: &str, origin: &str, opts: LoadOptions) -> Result<Graph> {
         path: origin.to_string(),
         line: e.line(),
         column: e.column(),
-        message: e.to_string(),
+        // serde_json appends " at line L column C"; the path prefix says it already.
+        message: {
+            let m = e.to_string();
+            match m.rfind(" at line ") {
+                Some(i) => m[..i].to_string(),
+                None => m,
+            }
+        },
     })?;
     let top = Fields::new(None, "", &value)?;
     match top.str("format")? {
@@ -92,6 +99,8 @@ pub fn parse(text: &str, origin: &str, opts: LoadOptions) -> Result<Graph> {
             recipe,
         },
         by_name: HashMap::new(),
+        node_names: std::collections::HashSet::new(),
+        layer: String::new(),
     };
     b.inputs(top.array("inputs")?)?;
     let decls = top.array("nodes")?;
@@ -106,6 +115,10 @@ struct Builder {
     graph: Graph,
     /// Model-file name (input or layer) -> the node holding its value.
     by_name: HashMap<String, NodeId>,
+    /// Every IR node name so far (layers make several nodes each).
+    node_names: std::collections::HashSet<String>,
+    /// The layer being lowered, for error messages.
+    layer: String,
 }
 
 fn checked_elems(dims: &[usize]) -> Option<u64> {
@@ -134,8 +147,14 @@ impl Builder {
                     let dims = f
                         .positive_list("shape")?
                         .ok_or_else(|| f.error("shape", "missing required field"))?;
-                    if dims.len() != 3 || checked_elems(&dims).is_none() {
+                    if dims.len() != 3 {
                         return Err(f.error("shape", format!("expected [C, H, W], got {dims:?}")));
+                    }
+                    if checked_elems(&dims).is_none() {
+                        return Err(f.error(
+                            "shape",
+                            format!("image {dims:?} has more than 2^32 elements"),
+                        ));
                     }
                     self.graph.push_typed(
                         name,
@@ -173,6 +192,7 @@ impl Builder {
             };
             f.finish()?;
             self.by_name.insert(name.to_string(), id);
+            self.node_names.insert(name.to_string());
         }
         if !image || !label {
             return Err(GraphError::field(
@@ -243,14 +263,16 @@ impl Builder {
                     match state[j] {
                         0 => stack.push((j, 0)),
                         1 => {
-                            let cycle: Vec<&str> = stack
+                            // The stack runs from a node to its input; data flows the other way.
+                            let mut cycle: Vec<&str> = stack
                                 .iter()
                                 .skip_while(|(k, _)| *k != j)
                                 .map(|(k, _)| parsed[*k].0)
                                 .collect();
+                            cycle.reverse();
                             return Err(GraphError::node(
                                 name,
-                                format!("cycle: {} -> {}", cycle.join(" -> "), parsed[j].0),
+                                format!("cycle: {} -> {}", cycle.join(" -> "), cycle[0]),
                             ));
                         }
                         _ => {}
@@ -290,11 +312,32 @@ impl Builder {
         Ok(())
     }
 
+    /// Adds IR node `name` for the layer being lowered; errors name the layer,
+    /// which is what the model file calls it.
     fn push(&mut self, name: &str, op: Op, inputs: Vec<NodeId>) -> Result<NodeId> {
-        let id = self.graph.push(name, op, inputs, None)?;
+        let layer = self.layer.clone();
+        if !self.node_names.insert(name.to_string()) {
+            return Err(GraphError::node(
+                &layer,
+                format!("internal node name '{name}' is taken: rename the node"),
+            ));
+        }
+        let id = self
+            .graph
+            .push(name, op, inputs, None)
+            .map_err(|e| match e {
+                GraphError::Invalid { at, message } => GraphError::Invalid {
+                    at: crate::error::Location {
+                        node: Some(layer.clone()),
+                        ..at
+                    },
+                    message,
+                },
+                e => e,
+            })?;
         if checked_elems(&self.graph.node(id).ty.dims).is_none() {
             return Err(GraphError::node(
-                name,
+                &layer,
                 "output tensor has more than 2^32 elements",
             ));
         }
@@ -344,6 +387,15 @@ impl Builder {
             fan_in: fans.0,
             fan_out: fans.1,
         };
+        if !self.node_names.insert(param.name.clone()) {
+            return Err(f.error(
+                tensor,
+                format!(
+                    "internal node name '{}' is taken: rename the node",
+                    param.name
+                ),
+            ));
+        }
         let id = ParamId::from_index(self.graph.params.len());
         self.graph.params.push(param);
         Ok((id, self.graph.param_node(id)))
@@ -363,6 +415,7 @@ impl Builder {
     }
 
     fn lower(&mut self, name: &str, op: &str, ins: &[NodeId], f: &Fields) -> Result<NodeId> {
+        self.layer = name.to_string();
         let start = self.graph.params.len();
         let mut macs = 0u64;
         let out = match op {
@@ -384,8 +437,8 @@ impl Builder {
                     padding: f.opt_count("padding")?.unwrap_or(0),
                 };
                 let bias = f.opt_bool("bias")?.unwrap_or(true);
-                let k2 = attrs.kernel * attrs.kernel;
-                let fans = (ci * k2, co * k2);
+                let k2 = attrs.kernel.saturating_mul(attrs.kernel);
+                let fans = (ci.saturating_mul(k2), co.saturating_mul(k2));
                 let (_, w) = self.param(
                     f,
                     name,
@@ -402,7 +455,7 @@ impl Builder {
                 };
                 let conv = self.push(&conv_name, Op::Conv2d(attrs), vec![ins[0], w])?;
                 let (_, ho, wo) = self.ty(conv).chw().expect("conv output is an image");
-                macs = (co * ho * wo) as u64 * (ci * k2) as u64;
+                macs = (co * ho * wo) as u64 * (ci * k2) as u64; // bounded: weight and output passed the 2^32 check
                 if bias {
                     let (_, b) =
                         self.param(f, name, "bias", vec![co], Init::UniformFanIn, true, fans)?;
@@ -601,6 +654,21 @@ impl Builder {
             }
             "softmax_cross_entropy" => {
                 Self::arity(f, op, ins, 2)?;
+                let classes = match self.graph.node(ins[1]).op {
+                    Op::Labels { classes } => classes,
+                    _ => return Err(f.error("inputs", "the second input must be the label input")),
+                };
+                let logits = self.ty(ins[0]);
+                if logits.dtype == DType::F32
+                    && logits.batched
+                    && logits.dims.len() == 1
+                    && logits.dims[0] != classes
+                {
+                    return Err(f.error(
+                        "inputs",
+                        format!("logits {logits} do not match the label's {classes} classes"),
+                    ));
+                }
                 self.push(name, Op::SoftmaxCrossEntropy, vec![ins[0], ins[1]])?
             }
             _ => unreachable!("op names are checked against LAYER_OPS"),
@@ -638,14 +706,17 @@ impl Builder {
                 .get(name)
                 .ok_or_else(|| outs.error(key, format!("unknown node '{name}'")))?;
             let node = self.graph.node(id);
+            let layer_op = self
+                .graph
+                .layers
+                .iter()
+                .find(|l| l.name == name)
+                .map_or("input", |l| l.op.as_str());
             match key {
                 "loss" if node.op != Op::SoftmaxCrossEntropy => {
                     return Err(outs.error(
                         key,
-                        format!(
-                            "'{name}' is a {}, not a softmax_cross_entropy",
-                            node.op.name()
-                        ),
+                        format!("'{name}' is a {layer_op}, not a softmax_cross_entropy"),
                     ))
                 }
                 "logits" if !(node.ty.batched && node.ty.dims.len() == 1) => {
@@ -726,7 +797,10 @@ fn check_memory(g: &Graph, opts: LoadOptions) -> Result<()> {
             .nodes
             .iter()
             .filter(|n| n.ty.batched)
-            .max_by_key(|n| n.ty.elems_per_item())
+            .fold(None, |best: Option<&crate::graph::Node>, n| match best {
+                Some(b) if b.ty.elems_per_item() >= n.ty.elems_per_item() => Some(b),
+                _ => Some(n),
+            })
             .map(|n| format!(" (largest: node '{}' {})", n.name, n.ty))
             .unwrap_or_default();
         return Err(GraphError::graph(format!(

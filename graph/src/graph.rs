@@ -144,7 +144,7 @@ impl Graph {
         &self.sites[id.index()]
     }
 
-    pub fn ids(&self) -> impl Iterator<Item = NodeId> {
+    pub fn ids(&self) -> impl DoubleEndedIterator<Item = NodeId> {
         (0..self.nodes.len()).map(NodeId::from_index)
     }
 

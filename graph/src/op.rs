@@ -494,7 +494,7 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> Result<TensorType, String> {
             out_channels,
         } => {
             let (c, h, w) = image(0)?;
-            if *stride == 0 || *out_channels < c || (out_channels - c) % 2 != 0 {
+            if *stride == 0 || *out_channels < c || !(out_channels - c).is_multiple_of(2) {
                 return Err(format!(
                     "cannot map {c} channels to {out_channels} with stride {stride} (needs out >= in, an even difference, stride >= 1)"
                 ));

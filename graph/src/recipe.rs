@@ -132,9 +132,16 @@ impl Recipe {
                         let gamma = ratio_like(&lr, "gamma", 0.0, 1.0)?.unwrap_or(0.1);
                         Schedule::MultiStep { milestones, gamma }
                     }
-                    "cosine" => Schedule::Cosine {
-                        min_lr: lr.opt_f64("min_lr")?.unwrap_or(0.0),
-                    },
+                    "cosine" => {
+                        let min_lr = lr.opt_f64("min_lr")?.unwrap_or(0.0);
+                        if !(0.0..=base).contains(&min_lr) {
+                            return Err(lr.error(
+                                "min_lr",
+                                format!("must be in [0, base={base}], got {min_lr}"),
+                            ));
+                        }
+                        Schedule::Cosine { min_lr }
+                    }
                     other => {
                         return Err(lr.error(
                             "schedule",

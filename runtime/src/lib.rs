@@ -3,3 +3,4 @@
 //! never builds IR by hand.
 
 pub mod cli;
+pub mod data;

@@ -1,6 +1,8 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod compile;
+mod dropout_args;
+mod gradcheck;
 mod info;
 
 use std::path::PathBuf;
@@ -29,6 +31,8 @@ pub enum Command {
     Compile(compile::CompileArgs),
     /// Parameter and multiply-add counts, per layer and in total.
     Info(GraphArgs),
+    /// Finite-difference check of every parameter's derived gradient (f64 interpreter).
+    Gradcheck(gradcheck::GradcheckArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -43,7 +47,7 @@ pub struct GraphArgs {
 
 impl GraphArgs {
     pub fn load(&self) -> Result<Graph, CliError> {
-        if !(self.memory_limit_gib > 0.0) {
+        if self.memory_limit_gib.is_nan() || self.memory_limit_gib <= 0.0 {
             return Err(format!(
                 "--memory-limit-gib must be positive, got {}",
                 self.memory_limit_gib
@@ -61,5 +65,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Compile(args) => compile::run(&args),
         Command::Info(args) => info::run(&args),
+        Command::Gradcheck(args) => gradcheck::run(&args),
     }
 }
