@@ -5,7 +5,8 @@ use dropjit_graph::gradcheck::{grad_check, GradCheckOptions};
 use dropjit_graph::init::generic_point;
 
 fn check(model: &str, samples: usize) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/{model}.json"));
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/{model}.json"));
     let g = dropjit_graph::load(&path, Default::default()).expect("model loads");
     let opts = GradCheckOptions {
         batch: 2,

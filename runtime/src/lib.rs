@@ -4,3 +4,5 @@
 
 pub mod cli;
 pub mod data;
+pub mod tensors;
+pub mod weights;

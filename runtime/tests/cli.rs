@@ -114,3 +114,203 @@ fn cli_compile_dot_convnet_quick() {
         dropjit_graph::dot::graph_dot(&model("convnet_quick"))
     );
 }
+
+const TINY: &str = "tests/fixtures/tiny_bn.json";
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails_with(out: &Output, fragment: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains(fragment),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn compile_emits_every_graph_stage() {
+    for emit in ["graph", "dot", "backward", "step", "eval"] {
+        let out = run_dropjit(&[
+            "compile", "--graph", TINY, "--emit", emit, "--fwd", "0.2", "--bwd", "0.1",
+        ]);
+        let text = ok(&out);
+        assert!(!text.is_empty(), "{emit}");
+    }
+    let step = ok(&run_dropjit(&[
+        "compile", "--graph", TINY, "--emit", "step", "--fwd", "0.2", "--bwd", "0.1",
+    ]));
+    assert!(
+        step.contains("sgd_update") && step.contains("F(p=0.2)*G(p=0.1)"),
+        "{step}"
+    );
+}
+
+#[test]
+fn bad_dropout_flags_are_rejected() {
+    for (flags, fragment) in [
+        (
+            vec!["--fwd", "1.0"],
+            "--fwd: dropout ratio must be in [0, 1), got 1",
+        ),
+        (
+            vec!["--bwd", "-0.1"],
+            "--bwd: dropout ratio must be in [0, 1), got -0.1",
+        ),
+        (
+            vec!["--fwd", "NaN"],
+            "--fwd: dropout ratio must be in [0, 1), got NaN",
+        ),
+        (
+            vec!["--dropout", "forward"],
+            "--dropout forward needs --fwd",
+        ),
+    ] {
+        let mut args = vec!["compile", "--graph", TINY, "--emit", "backward"];
+        args.extend(flags);
+        fails_with(&run_dropjit(&args), fragment);
+    }
+}
+
+#[test]
+fn gradcheck_prints_its_table_and_passes() {
+    let text = ok(&run_dropjit(&[
+        "gradcheck",
+        "--graph",
+        TINY,
+        "--batch",
+        "3",
+    ]));
+    for name in ["conv1.weight", "bn1.weight", "conv2.bias", "fc.weight"] {
+        assert!(text.contains(name), "{text}");
+    }
+    assert!(text.contains("gradcheck passed"), "{text}");
+    fails_with(
+        &run_dropjit(&["gradcheck", "--graph", TINY, "--fwd", "0.2", "--bwd", "0.1"]),
+        "augmented has no true gradient",
+    );
+}
+
+fn write_batch(path: &Path, shape: &[usize], labels: &[i64]) {
+    let n: usize = shape.iter().product();
+    let images: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
+    dropjit::tensors::write(
+        path,
+        &[
+            (
+                "input".into(),
+                shape.to_vec(),
+                dropjit::tensors::Out::F32(&images),
+            ),
+            (
+                "label".into(),
+                vec![labels.len()],
+                dropjit::tensors::Out::I64(labels),
+            ),
+        ],
+        None,
+    )
+    .expect("write batch");
+}
+
+#[test]
+fn grad_writes_loss_and_every_gradient_with_pytorch_names() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (w, b, g) = (
+        dir.path().join("w.safetensors"),
+        dir.path().join("b.safetensors"),
+        dir.path().join("g.safetensors"),
+    );
+    ok(&run_dropjit(&[
+        "init",
+        "--graph",
+        TINY,
+        "--out",
+        w.to_str().unwrap(),
+        "--seed",
+        "4",
+    ]));
+    write_batch(&b, &[2, 3, 8, 8], &[3, 9]);
+    let text = ok(&run_dropjit(&[
+        "grad",
+        "--graph",
+        TINY,
+        "--weights",
+        w.to_str().unwrap(),
+        "--batch",
+        b.to_str().unwrap(),
+        "--out",
+        g.to_str().unwrap(),
+        "--fwd",
+        "0.3",
+        "--bwd",
+        "0.2",
+    ]));
+    assert!(text.contains("loss "), "{text}");
+    let grads = dropjit::tensors::read(&g).expect("gradients");
+    let tiny = dropjit_graph::load(&repo_root().join(TINY), LoadOptions::default()).unwrap();
+    for p in tiny.trainable_params() {
+        let t = &grads[&tiny.param(p).name];
+        assert_eq!(t.shape, tiny.param(p).dims);
+    }
+    assert!(grads.contains_key("loss"));
+    assert!(
+        !grads.contains_key("bn1.running_mean"),
+        "state is not a gradient"
+    );
+
+    // Bad batches name the file and the tensor.
+    write_batch(&b, &[2, 3, 8, 8], &[3, 10]);
+    fails_with(
+        &run_dropjit(&[
+            "grad",
+            "--graph",
+            TINY,
+            "--batch",
+            b.to_str().unwrap(),
+            "--out",
+            g.to_str().unwrap(),
+        ]),
+        "label[1] = 10 is outside 0..10",
+    );
+    write_batch(&b, &[2, 3, 7, 8], &[3, 1]);
+    fails_with(
+        &run_dropjit(&[
+            "grad",
+            "--graph",
+            TINY,
+            "--batch",
+            b.to_str().unwrap(),
+            "--out",
+            g.to_str().unwrap(),
+        ]),
+        "tensor 'input' has shape [2, 3, 7, 8], expected [2, 3, 8, 8]",
+    );
+    std::fs::write(&w, b"not a safetensors file").unwrap();
+    write_batch(&b, &[2, 3, 8, 8], &[3, 1]);
+    fails_with(
+        &run_dropjit(&[
+            "grad",
+            "--graph",
+            TINY,
+            "--weights",
+            w.to_str().unwrap(),
+            "--batch",
+            b.to_str().unwrap(),
+            "--out",
+            g.to_str().unwrap(),
+        ]),
+        "not a safetensors file",
+    );
+}

@@ -2,6 +2,7 @@
 
 mod compile;
 mod dropout_args;
+mod grad;
 mod gradcheck;
 mod info;
 
@@ -33,6 +34,10 @@ pub enum Command {
     Info(GraphArgs),
     /// Finite-difference check of every parameter's derived gradient (f64 interpreter).
     Gradcheck(gradcheck::GradcheckArgs),
+    /// Loss and gradients of one exact batch (safetensors in, safetensors out).
+    Grad(grad::GradArgs),
+    /// Write a model's initial weights (safetensors, PyTorch names).
+    Init(grad::InitArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -66,5 +71,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Compile(args) => compile::run(&args),
         Command::Info(args) => info::run(&args),
         Command::Gradcheck(args) => gradcheck::run(&args),
+        Command::Grad(args) => grad::run_grad(&args),
+        Command::Init(args) => grad::run_init(&args),
     }
 }
