@@ -4,5 +4,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod engine;
 pub mod tensors;
+pub mod train;
 pub mod weights;

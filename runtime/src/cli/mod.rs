@@ -2,9 +2,11 @@
 
 mod compile;
 mod dropout_args;
+mod eval;
 mod grad;
 mod gradcheck;
 mod info;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +40,10 @@ pub enum Command {
     Grad(grad::GradArgs),
     /// Write a model's initial weights (safetensors, PyTorch names).
     Init(grad::InitArgs),
+    /// Train a model with its recipe (flags override it); resume a run.
+    Train(Box<train::TrainArgs>),
+    /// Test accuracy, loss and per-class accuracy of a weights file.
+    Eval(eval::EvalArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -73,5 +79,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Gradcheck(args) => gradcheck::run(&args),
         Command::Grad(args) => grad::run_grad(&args),
         Command::Init(args) => grad::run_init(&args),
+        Command::Train(args) => train::run(&args),
+        Command::Eval(args) => eval::run(&args),
     }
 }

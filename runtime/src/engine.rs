@@ -1,0 +1,241 @@
+//! What the training loop needs from an executor: one training step, one
+//! evaluation batch, and the parameters and momentum buffers in and out.
+//!
+//! Two executors implement it: [`InterpreterEngine`] (the reference interpreter
+//! of `dropjit_graph::interp`, in f32) and, later, the Cranelift JIT of
+//! `dropjit-codegen`. The loop holds a `&mut dyn Engine` and never knows which.
+
+use dropjit_graph::dropout::DropoutConfig;
+use dropjit_graph::interp::{self, Inputs, State};
+use dropjit_graph::step::{training_step, SgdConfig};
+use dropjit_graph::{Graph, GraphError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// Inputs or state that do not fit the compiled graph.
+    #[error("{0}")]
+    Invalid(String),
+    /// The engine cannot be built on this machine or in this build.
+    #[error("engine '{engine}' is not available: {reason}")]
+    Unavailable {
+        engine: &'static str,
+        reason: String,
+    },
+}
+
+/// A compiled model: the training step (forward + backward + SGD + BatchNorm
+/// running statistics, in place) and the evaluation forward pass.
+///
+/// Contract shared by every engine (`shared/docs/dropout-semantics.md`):
+/// the dropout masks of `train_step` are a pure function of (run seed, `step`,
+/// site), where `step` is the global iteration number; the SGD rule is
+/// PyTorch's `g = grad + wd·w; v = μ·v + g; w -= lr·lr_mult·v`.
+pub trait Engine {
+    /// One training step on a batch (`images` `[n, C, H, W]` flat, `labels` `[n]`):
+    /// forward + backward + SGD (+ BatchNorm running statistics), in place.
+    /// Returns (mean loss, logits `[n * classes]`).
+    fn train_step(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        step: u64,
+        lr: f32,
+    ) -> Result<(f32, Vec<f32>), EngineError>;
+    /// Evaluation forward (dropout is the identity, BatchNorm uses its running
+    /// statistics): (mean loss, logits `[n * classes]`).
+    fn eval_batch(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+    ) -> Result<(f32, Vec<f32>), EngineError>;
+    /// Every parameter and state tensor, by `ParamId`.
+    fn params(&self) -> Vec<Vec<f32>>;
+    /// SGD momentum buffers by `ParamId` (empty for non-trainable tensors).
+    fn momentum(&self) -> Vec<Vec<f32>>;
+    /// Replaces parameters and momentum buffers (both by `ParamId`).
+    fn set_state(&mut self, params: &[Vec<f32>], momentum: &[Vec<f32>]) -> Result<(), EngineError>;
+}
+
+/// Which executor runs the model (`--engine`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineKind {
+    /// The Cranelift JIT (`dropjit-codegen`).
+    Jit,
+    /// The reference interpreter in f32: slow, exact, always available.
+    Interp,
+}
+
+impl EngineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Jit => "jit",
+            EngineKind::Interp => "interp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [EngineKind::Jit, EngineKind::Interp]
+            .into_iter()
+            .find(|k| k.name() == s)
+    }
+}
+
+/// Everything an engine is built from.
+pub struct EngineSpec<'a> {
+    /// The forward graph as loaded from the model file.
+    pub graph: &'a Graph,
+    pub dropout: DropoutConfig,
+    pub sgd: SgdConfig,
+    /// Run seed: the dropout masks are a function of it.
+    pub seed: u64,
+    /// Worker threads (the interpreter runs on one).
+    pub threads: usize,
+    /// Initial parameters by `ParamId`; momentum starts at zero.
+    pub params: Vec<Vec<f32>>,
+}
+
+/// Builds the engine of `kind`: the one place that knows every engine.
+pub fn create(kind: EngineKind, spec: EngineSpec<'_>) -> Result<Box<dyn Engine>, EngineError> {
+    match kind {
+        EngineKind::Interp => Ok(Box::new(InterpreterEngine::new(spec)?)),
+        EngineKind::Jit => Err(EngineError::Unavailable {
+            engine: "jit",
+            reason: "the Cranelift JIT is not wired into `train` yet; use --engine interp".into(),
+        }),
+    }
+}
+
+/// The reference interpreter as an engine, in f32.
+pub struct InterpreterEngine {
+    step: Graph,
+    eval: Graph,
+    state: State<f32>,
+    seed: u64,
+}
+
+impl InterpreterEngine {
+    pub fn new(spec: EngineSpec<'_>) -> Result<Self, EngineError> {
+        let g = spec.graph;
+        let step = training_step(g, &spec.dropout, &spec.sgd)?;
+        let eval = dropjit_graph::eval::evaluation(g)?;
+        check_params(g, &spec.params)?;
+        let state = State::new(g, &spec.params);
+        Ok(InterpreterEngine {
+            step,
+            eval,
+            state,
+            seed: spec.seed,
+        })
+    }
+
+    fn run(
+        &mut self,
+        train: bool,
+        images: &[f32],
+        labels: &[u32],
+        step: u64,
+        lr: f32,
+    ) -> Result<(f32, Vec<f32>), EngineError> {
+        let g = if train { &self.step } else { &self.eval };
+        let inputs = Inputs {
+            images,
+            labels,
+            batch: labels.len(),
+            seed: self.seed,
+            step,
+            lr: lr as f64,
+        };
+        let values = interp::run(g, &mut self.state, &inputs)?;
+        let output = |name: &str| {
+            values
+                .output(g, name)
+                .ok_or_else(|| EngineError::Invalid(format!("graph has no '{name}' output")))
+        };
+        let loss = output("loss")?.first().copied().unwrap_or(f32::NAN);
+        Ok((loss, output("logits")?.to_vec()))
+    }
+}
+
+impl Engine for InterpreterEngine {
+    fn train_step(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        step: u64,
+        lr: f32,
+    ) -> Result<(f32, Vec<f32>), EngineError> {
+        self.run(true, images, labels, step, lr)
+    }
+
+    fn eval_batch(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+    ) -> Result<(f32, Vec<f32>), EngineError> {
+        self.run(false, images, labels, 0, 0.0)
+    }
+
+    fn params(&self) -> Vec<Vec<f32>> {
+        self.state.params.clone()
+    }
+
+    fn momentum(&self) -> Vec<Vec<f32>> {
+        self.state.momentum.clone()
+    }
+
+    fn set_state(&mut self, params: &[Vec<f32>], momentum: &[Vec<f32>]) -> Result<(), EngineError> {
+        check_params(&self.step, params)?;
+        check_momentum(&self.step, momentum)?;
+        self.state.params = params.to_vec();
+        self.state.momentum = momentum.to_vec();
+        Ok(())
+    }
+}
+
+/// Every tensor of `g` present with its element count.
+pub fn check_params(g: &Graph, params: &[Vec<f32>]) -> Result<(), EngineError> {
+    if params.len() != g.params.len() {
+        return Err(EngineError::Invalid(format!(
+            "{} parameter tensors given, model {} has {}",
+            params.len(),
+            g.name,
+            g.params.len()
+        )));
+    }
+    for (p, v) in g.params.iter().zip(params) {
+        if v.len() != p.elems() {
+            return Err(EngineError::Invalid(format!(
+                "parameter {} has {} values, expected {}",
+                p.name,
+                v.len(),
+                p.elems()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A momentum buffer for every trainable tensor, none for the others.
+pub fn check_momentum(g: &Graph, momentum: &[Vec<f32>]) -> Result<(), EngineError> {
+    if momentum.len() != g.params.len() {
+        return Err(EngineError::Invalid(format!(
+            "{} momentum buffers given, model {} has {} tensors",
+            momentum.len(),
+            g.name,
+            g.params.len()
+        )));
+    }
+    for (p, v) in g.params.iter().zip(momentum) {
+        let want = if p.trainable { p.elems() } else { 0 };
+        if v.len() != want {
+            return Err(EngineError::Invalid(format!(
+                "momentum of {} has {} values, expected {want}",
+                p.name,
+                v.len()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,577 @@
+//! `dropjit train` and `dropjit eval` end to end, on the tiny model of
+//! `tests/fixtures/tiny.json` with the interpreter engine.
+//!
+//! Real data comes from `DROPJIT_TEST_DATA` (a directory holding
+//! `cifar-10-batches-bin/`, e.g. `/work/shared/data/cifar10-mini`): unset, the
+//! tests that need data print why they skip; set but missing, they fail.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("runtime/ has a parent")
+        .to_path_buf()
+}
+
+fn tiny() -> String {
+    repo_root()
+        .join("tests/fixtures/tiny.json")
+        .display()
+        .to_string()
+}
+
+/// The test data directory, or `None` (with the reason printed) when unset.
+fn test_data(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("DROPJIT_TEST_DATA") {
+        None => {
+            eprintln!("{test}: skipped: set DROPJIT_TEST_DATA to a directory holding cifar-10-batches-bin/");
+            None
+        }
+        Some(d) => {
+            let d = PathBuf::from(d);
+            assert!(
+                d.join("cifar-10-batches-bin/data_batch_1.bin").is_file(),
+                "DROPJIT_TEST_DATA={} has no cifar-10-batches-bin/data_batch_1.bin",
+                d.display()
+            );
+            Some(d)
+        }
+    }
+}
+
+fn dropjit(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dropjit"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run the dropjit binary")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Fails with exit code 1, one `error: ` report containing every fragment, no panic.
+fn assert_fails(out: &Output, fragments: &[&str]) {
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "expected failure; stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "panicked:\n{stderr}");
+    assert!(stderr.starts_with("error: "), "stderr:\n{stderr}");
+    for f in fragments {
+        assert!(stderr.contains(f), "no `{f}` in stderr:\n{stderr}");
+    }
+}
+
+/// `train` on the tiny model with 256 training / 64 test images (8 batches of 32 per epoch).
+fn train_args<'a>(data: &'a str, graph: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "train",
+        "--graph",
+        graph,
+        "--data",
+        data,
+        "--limit-train",
+        "256",
+        "--limit-test",
+        "64",
+        "--fwd",
+        "0.2",
+        "--bwd",
+        "0.1",
+        "--out",
+        out,
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+fn json(path: &Path) -> Value {
+    let s = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&s).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// The metrics without their timing fields, which differ between sessions.
+fn metrics_numbers(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            format!(
+                "{} {} {} {} {}",
+                v["kind"], v["iteration"], v["loss"], v["accuracy"], v["lr"]
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn resume_after_stop_and_after_kill_is_bit_identical() {
+    let Some(data) = test_data("resume") else {
+        return;
+    };
+    let data = data.display().to_string();
+    let graph = tiny();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    // 3 epochs = 24 iterations; the multistep milestone at 10 and augmentation are on.
+    let epochs = ["--epochs", "3"];
+    assert_ok(&dropjit(t, &train_args(&data, &graph, "full", &epochs)));
+
+    // Stopped mid-epoch (iteration 11 of 24), then resumed.
+    let mut stop = epochs.to_vec();
+    stop.extend(["--stop-after", "11"]);
+    assert_ok(&dropjit(t, &train_args(&data, &graph, "part", &stop)));
+    assert!(!t.join("part/final.safetensors").exists());
+    assert_eq!(json(&t.join("part/state.json"))["iteration"], 11);
+    assert_eq!(json(&t.join("part/state.json"))["position"], 3 * 32);
+    assert_ok(&dropjit(t, &["train", "--resume", "part"]));
+    assert_eq!(
+        read(&t.join("full/final.safetensors")),
+        read(&t.join("part/final.safetensors")),
+        "resumed weights differ from the uninterrupted run"
+    );
+    assert_eq!(
+        metrics_numbers(&t.join("full")),
+        metrics_numbers(&t.join("part"))
+    );
+    let (a, b) = (
+        json(&t.join("full/summary.json")),
+        json(&t.join("part/summary.json")),
+    );
+    assert_eq!(a["final_test_accuracy"], b["final_test_accuracy"]);
+    assert_eq!(a["per_class_accuracy"], b["per_class_accuracy"]);
+
+    // Killed (SIGKILL) at some point after iteration 3, checkpointing every iteration.
+    let mut killed_args = epochs.to_vec();
+    killed_args.extend(["--checkpoint-every", "1"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dropjit"))
+        .args(train_args(&data, &graph, "killed", &killed_args))
+        .current_dir(t)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = t.join("killed/state.json");
+    let start = Instant::now();
+    loop {
+        let it = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .and_then(|v| v["iteration"].as_u64())
+            .unwrap_or(0);
+        if it >= 3 || start.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at = json(&state)["iteration"].as_u64().unwrap();
+    eprintln!("killed at or after iteration {at} of 24");
+    assert_ok(&dropjit(t, &["train", "--resume", "killed"]));
+    assert_eq!(
+        read(&t.join("full/final.safetensors")),
+        read(&t.join("killed/final.safetensors")),
+        "weights after kill + resume differ from the uninterrupted run"
+    );
+    assert_eq!(
+        metrics_numbers(&t.join("full")),
+        metrics_numbers(&t.join("killed"))
+    );
+}
+
+#[test]
+fn run_files_have_their_keys_and_eval_agrees() {
+    let Some(data) = test_data("run files") else {
+        return;
+    };
+    let data = data.display().to_string();
+    let graph = tiny();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let out = dropjit(
+        t,
+        &train_args(&data, &graph, "run", &["--epochs", "1", "--log-every", "4"]),
+    );
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("epoch 1/1 (it 8/8)  train loss"),
+        "{stdout}"
+    );
+    let dir = t.join("run");
+
+    let config = json(&dir.join("config.json"));
+    for key in [
+        "/dropjit_version",
+        "/model/path",
+        "/model/fingerprint",
+        "/recipe/batch_size",
+        "/recipe/iterations",
+        "/recipe/base_lr",
+        "/recipe/schedule/kind",
+        "/recipe/momentum",
+        "/recipe/weight_decay",
+        "/recipe/augment/crop_padding",
+        "/recipe/normalize",
+        "/dropout/mode",
+        "/dropout/fwd",
+        "/dropout/bwd",
+        "/seed",
+        "/data/dir",
+        "/data/normalization/mean",
+        "/engine",
+        "/threads",
+    ] {
+        assert!(
+            config.pointer(key).is_some(),
+            "config.json has no {key}:\n{config}"
+        );
+    }
+    assert_eq!(config["recipe"]["iterations"], 8);
+    assert_eq!(config["dropout"]["mode"], "augmented");
+    assert_eq!(config["engine"], "interp");
+
+    let lines = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let records: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["train", "train", "test", "epoch"], "{lines}");
+    for r in &records {
+        for key in [
+            "iteration",
+            "epoch",
+            "kind",
+            "loss",
+            "accuracy",
+            "lr",
+            "images_per_second",
+        ] {
+            assert!(r.get(key).is_some(), "record without {key}: {r}");
+        }
+    }
+
+    let summary = json(&dir.join("summary.json"));
+    for key in [
+        "final_test_accuracy",
+        "best_test_accuracy",
+        "wall_seconds",
+        "images_per_second",
+        "final_test_loss",
+        "iterations",
+        "per_class_accuracy",
+    ] {
+        assert!(
+            summary.get(key).is_some(),
+            "summary.json has no {key}:\n{summary}"
+        );
+    }
+    assert_eq!(summary["iterations"], 8);
+    assert_eq!(summary["per_class_accuracy"].as_array().unwrap().len(), 10);
+    let state = json(&dir.join("state.json"));
+    assert_eq!(state["iteration"], 8);
+    assert_eq!(state["finished"], true);
+
+    // The weights files load into the model; `eval` reproduces the final accuracy.
+    let g = dropjit_graph::load(Path::new(&graph), Default::default()).unwrap();
+    for f in ["checkpoint.safetensors", "final.safetensors"] {
+        dropjit::weights::load(&g, &dir.join(f)).unwrap();
+    }
+    assert!(dir.join("optimizer.safetensors").is_file());
+    let out = dropjit(
+        t,
+        &[
+            "eval",
+            "--graph",
+            &graph,
+            "--weights",
+            "run/final.safetensors",
+            "--data",
+            &data,
+            "--limit-train",
+            "256",
+            "--limit-test",
+            "64",
+            "--batch",
+            "20",
+        ],
+    );
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    let acc = summary["final_test_accuracy"].as_f64().unwrap();
+    assert!(stdout.contains("airplane"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("test accuracy {acc:.4} (")),
+        "eval disagrees with summary.json ({acc}):\n{stdout}"
+    );
+}
+
+#[test]
+fn nan_loss_stops_and_keeps_the_last_checkpoint() {
+    let Some(data) = test_data("nan") else {
+        return;
+    };
+    let data = data.display().to_string();
+    let graph = tiny();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let out = dropjit(t, &train_args(&data, &graph, "nan", &["--lr", "1e30"]));
+    assert_fails(&out, &["diverged", "at iteration", "checkpoint"]);
+    let dir = t.join("nan");
+    assert!(!dir.join("final.safetensors").exists());
+    assert!(!dir.join("summary.json").exists());
+    let state = json(&dir.join("state.json"));
+    let g = dropjit_graph::load(Path::new(&graph), Default::default()).unwrap();
+    let params = dropjit::weights::load(&g, &dir.join("checkpoint.safetensors")).unwrap();
+    assert!(params.iter().flatten().all(|v| v.is_finite()));
+    assert_eq!(
+        state["iteration"], 0,
+        "diverged before the first epoch ended"
+    );
+    // The checkpoint still resumes (and diverges again, at the same place).
+    let again = dropjit(t, &["train", "--resume", "nan"]);
+    assert_fails(&again, &["diverged"]);
+    let first = text(&out.stderr);
+    assert_eq!(
+        first.split(';').next(),
+        text(&again.stderr).split(';').next()
+    );
+}
+
+#[test]
+fn bad_data_is_reported_before_training() {
+    let Some(data) = test_data("bad data") else {
+        return;
+    };
+    let graph = tiny();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = data.join("cifar-10-batches-bin");
+    let dst = t.join("trunc/cifar-10-batches-bin");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["data_batch_1.bin", "test_batch.bin"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let batch = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dst.join("data_batch_1.bin"))
+        .unwrap();
+    batch.set_len(3073 * 10 + 100).unwrap();
+    let out = dropjit(t, &train_args("trunc", &graph, "r1", &[]));
+    assert_fails(&out, &["data_batch_1.bin", "truncated"]);
+    assert!(!t.join("r1").exists(), "a run directory was created");
+
+    let out = dropjit(t, &train_args("no-such-dir", &graph, "r2", &[]));
+    assert_fails(&out, &["no data set found", "no-such-dir"]);
+    assert!(!t.join("r2").exists());
+
+    let d = data.display().to_string();
+    let out = dropjit(t, &train_args(&d, &graph, "r3", &["--batch", "1000"]));
+    assert_fails(&out, &["batch size 1000", "256 images"]);
+    let out = dropjit(
+        t,
+        &[
+            "train",
+            "--graph",
+            &graph,
+            "--data",
+            &d,
+            "--limit-test",
+            "5000",
+            "--out",
+            "r4",
+        ],
+    );
+    assert_fails(&out, &["--limit-test 5000", "1000 images"]);
+}
+
+#[test]
+fn bad_flags_name_the_flag() {
+    let graph = tiny();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--fwd", "1.0"], "--fwd"),
+        (&["--bwd", "-0.1"], "--bwd"),
+        (&["--batch", "0"], "--batch"),
+        (&["--epochs", "0"], "--epochs"),
+        (&["--lr", "-1"], "--lr"),
+        (&["--momentum", "1.5"], "--momentum"),
+        (&["--wd", "nan"], "--wd"),
+        (&["--eval-every", "0"], "--eval-every"),
+        (
+            &["--milestones", "5,3", "--schedule", "multistep"],
+            "--milestones",
+        ),
+        (&["--schedule", "cosine", "--gamma", "0.5"], "--gamma"),
+        (&["--engine", "jit"], "jit"),
+    ];
+    for (extra, flag) in cases {
+        let mut args = vec!["train", "--graph", &graph, "--data", "no-such-dir"];
+        args.extend_from_slice(extra);
+        if *flag == "jit" {
+            // Fails after the data check, so give it a data directory when there is one.
+            let Some(data) = test_data("--engine jit") else {
+                continue;
+            };
+            let d = data.display().to_string();
+            let mut args = vec!["train", "--graph", &graph, "--data", &d, "--out", "j"];
+            args.extend_from_slice(extra);
+            assert_fails(&dropjit(t, &args), &["engine 'jit' is not available"]);
+            continue;
+        }
+        assert_fails(&dropjit(t, &args), &[flag]);
+    }
+    assert_fails(&dropjit(t, &["train"]), &["--graph"]);
+    assert_fails(&dropjit(t, &["train", "--resume", "nowhere"]), &["nowhere"]);
+    assert_fails(
+        &dropjit(t, &["train", "--resume", "nowhere", "--lr", "0.1"]),
+        &["--lr"],
+    );
+    let out = dropjit(
+        t,
+        &[
+            "eval",
+            "--graph",
+            &graph,
+            "--weights",
+            "x.safetensors",
+            "--batch",
+            "0",
+        ],
+    );
+    assert_fails(&out, &["--batch"]);
+}
+
+#[test]
+fn interpreter_engine_state_round_trips() {
+    use dropjit::engine::{Engine, EngineSpec, InterpreterEngine};
+    use dropjit_graph::dropout::DropoutConfig;
+    use dropjit_graph::step::SgdConfig;
+
+    let g = dropjit_graph::load(Path::new(&tiny()), Default::default()).unwrap();
+    let params = dropjit_graph::init::init_params(&g, 3);
+    let spec = |params: Vec<Vec<f32>>| EngineSpec {
+        graph: &g,
+        dropout: DropoutConfig {
+            mode: dropjit_graph::DropoutMode::Augmented,
+            fwd: 0.3,
+            bwd: 0.2,
+        },
+        sgd: SgdConfig::from_recipe(&g),
+        seed: 9,
+        threads: 1,
+        params,
+    };
+    let n = 3;
+    let images: Vec<f32> = (0..n * 3 * 32 * 32)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
+    let labels = [1u32, 7, 3];
+    let mut a = InterpreterEngine::new(spec(params.clone())).unwrap();
+    let (loss, logits) = a.train_step(&images, &labels, 0, 0.1).unwrap();
+    assert!(loss.is_finite());
+    assert_eq!(logits.len(), n * 10);
+    assert_ne!(a.params(), params, "the step updated the parameters");
+    // A second engine given the first one's state continues identically.
+    let mut b = InterpreterEngine::new(spec(params)).unwrap();
+    b.set_state(&a.params(), &a.momentum()).unwrap();
+    assert_eq!(
+        a.train_step(&images, &labels, 1, 0.1).unwrap(),
+        b.train_step(&images, &labels, 1, 0.1).unwrap()
+    );
+    assert_eq!(a.params(), b.params());
+    // Evaluation changes nothing and takes any batch size.
+    let before = a.params();
+    let (l1, z1) = a.eval_batch(&images[..3 * 32 * 32], &labels[..1]).unwrap();
+    assert!(l1.is_finite() && z1.len() == 10);
+    assert_eq!(a.params(), before);
+    // State of the wrong shape is refused with a message.
+    let mut bad = a.momentum();
+    bad[0].pop();
+    let err = a.set_state(&before, &bad).unwrap_err().to_string();
+    assert!(err.contains("momentum of conv1.weight"), "{err}");
+}
+
+#[test]
+fn checkpoint_recovery_is_all_or_nothing() {
+    use dropjit::train::checkpoint::{self, RunState};
+
+    let g = dropjit_graph::load(Path::new(&tiny()), Default::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let momentum = |v: f32| -> Vec<Vec<f32>> {
+        g.params
+            .iter()
+            .map(|p| {
+                if p.trainable {
+                    vec![v; p.elems()]
+                } else {
+                    vec![]
+                }
+            })
+            .collect()
+    };
+    let p0 = dropjit_graph::init::init_params(&g, 0);
+    let p5 = dropjit_graph::init::init_params(&g, 5);
+    let at = |iteration| RunState {
+        iteration,
+        ..RunState::default()
+    };
+    checkpoint::save(dir, &g, &p0, &momentum(0.0), &at(0)).unwrap();
+
+    // Killed after staging iteration 5, before the commit: iteration 0 stays.
+    let [w, m] = checkpoint::staged_paths(dir, 5);
+    dropjit::weights::save(&g, &p5, 5, &w).unwrap();
+    std::fs::copy(dir.join("optimizer.safetensors"), &m).unwrap();
+    let state = checkpoint::recover(dir).unwrap();
+    assert_eq!(state.iteration, 0);
+    assert!(!w.exists() && !m.exists(), "uncommitted files are removed");
+    let (params, mom) = checkpoint::load(dir, &g, 0).unwrap();
+    assert_eq!((params, mom), (p0.clone(), momentum(0.0)));
+
+    // Killed after the commit, before the renames: iteration 5 is completed.
+    checkpoint::save(dir, &g, &p5, &momentum(5.0), &at(5)).unwrap();
+    let (params, _) = checkpoint::load(dir, &g, 5).unwrap();
+    assert_eq!(params, p5);
+    let [w, m] = checkpoint::staged_paths(dir, 7);
+    dropjit::weights::save(&g, &p0, 7, &w).unwrap();
+    std::fs::rename(dir.join("optimizer.safetensors"), &m).unwrap();
+    // The optimizer file says iteration 5, so loading it as 7 must fail…
+    dropjit::train::files::write_json(&dir.join("state.json"), &at(7)).unwrap();
+    let state = checkpoint::recover(dir).unwrap();
+    assert_eq!(state.iteration, 7);
+    let err = checkpoint::load(dir, &g, 7).unwrap_err().to_string();
+    assert!(err.contains("written at iteration 5"), "{err}");
+    // …while the rolled-forward weights are the staged ones.
+    assert_eq!(
+        dropjit::weights::load(&g, &dir.join("checkpoint.safetensors")).unwrap(),
+        p0
+    );
+}
