@@ -42,7 +42,11 @@ pub fn plan(bufs: &[Lifetime]) -> ArenaPlan {
     let mut order: Vec<usize> = (0..bufs.len()).collect();
     // Largest first; ties by first use, then index, so the plan is deterministic.
     order.sort_by(|&a, &b| {
-        bufs[b].bytes.cmp(&bufs[a].bytes).then(bufs[a].first.cmp(&bufs[b].first)).then(a.cmp(&b))
+        bufs[b]
+            .bytes
+            .cmp(&bufs[a].bytes)
+            .then(bufs[a].first.cmp(&bufs[b].first))
+            .then(a.cmp(&b))
     });
     let mut offsets = vec![0usize; bufs.len()];
     let mut placed: Vec<usize> = Vec::new();
@@ -80,7 +84,10 @@ pub fn verify(bufs: &[Lifetime], p: &ArenaPlan) -> Result<(), String> {
     for (i, b) in bufs.iter().enumerate() {
         let end = p.offsets[i].checked_add(b.bytes).ok_or("offset overflow")?;
         if end > p.size {
-            return Err(format!("buffer {i} [{}, {end}) outside the arena of {} bytes", p.offsets[i], p.size));
+            return Err(format!(
+                "buffer {i} [{}, {end}) outside the arena of {} bytes",
+                p.offsets[i], p.size
+            ));
         }
         for (j, o) in bufs.iter().enumerate().skip(i + 1) {
             let (a0, a1) = (p.offsets[i], end);
@@ -112,7 +119,13 @@ mod tests {
 
     #[test]
     fn overlapping_lifetimes_do_not() {
-        let bufs = [lt(100, 0, 5), lt(200, 1, 2), lt(300, 2, 4), lt(50, 3, 3), lt(400, 5, 6)];
+        let bufs = [
+            lt(100, 0, 5),
+            lt(200, 1, 2),
+            lt(300, 2, 4),
+            lt(50, 3, 3),
+            lt(400, 5, 6),
+        ];
         let p = plan(&bufs);
         verify(&bufs, &p).unwrap();
         // Peak: at step 2 buffers 0, 1, 2 are live; at step 5, 0 and 4.
@@ -133,7 +146,11 @@ mod tests {
             let bufs: Vec<Lifetime> = (0..30)
                 .map(|_| {
                     let first = (next() % 40) as usize;
-                    lt((next() % 5000) as usize, first, first + (next() % 10) as usize)
+                    lt(
+                        (next() % 5000) as usize,
+                        first,
+                        first + (next() % 10) as usize,
+                    )
                 })
                 .collect();
             let p = plan(&bufs);

@@ -100,10 +100,7 @@ pub struct EngineSpec<'a> {
 pub fn create(kind: EngineKind, spec: EngineSpec<'_>) -> Result<Box<dyn Engine>, EngineError> {
     match kind {
         EngineKind::Interp => Ok(Box::new(InterpreterEngine::new(spec)?)),
-        EngineKind::Jit => Err(EngineError::Unavailable {
-            engine: "jit",
-            reason: "the Cranelift JIT is not wired into `train` yet; use --engine interp".into(),
-        }),
+        EngineKind::Jit => Ok(Box::new(crate::jit_engine::JitEngine::new(spec)?)),
     }
 }
 

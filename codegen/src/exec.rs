@@ -1,0 +1,343 @@
+//! A compiled graph: its JIT module, the schedule with its memory plan, the
+//! arena, and the loop that runs the launches in order.
+
+use std::time::Instant;
+
+use dropjit_graph::Graph;
+
+use crate::arena::{self, Lifetime};
+use crate::kernels::expr::Node as ExprNode;
+use crate::kernels::gemm::{dropjit_col2im, dropjit_im2col, dropjit_sgemm, GemmDesc};
+use crate::kernels::jit::{ClifStage, CompiledModule, KernelFn, KernelModule, KernelSpec};
+use crate::kernels::parallel::global_pool;
+use crate::layout::StateLayout;
+use crate::lower::{lower, KernelDef};
+use crate::schedule::{BufKind, BufRef, LaunchKind, Schedule};
+use crate::CodegenError;
+
+/// 64-byte aligned storage for the arena.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+pub struct CompiledGraph {
+    module: CompiledModule,
+    funcs: Vec<KernelFn>,
+    pub schedule: Schedule,
+    outputs: Vec<(String, BufRef)>,
+    arena: Vec<Line>,
+    pub batch: usize,
+    pub compile_ms: f64,
+    /// CLIF text of each kernel (when asked for at compile time).
+    pub clif: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompileOptions {
+    /// Keep each kernel's optimised CLIF for `--emit clif`.
+    pub keep_clif: bool,
+}
+
+/// Compiles `g` (a step or evaluation graph) for batches of `batch` images.
+pub fn compile(
+    g: &Graph,
+    batch: usize,
+    layout: &StateLayout,
+    opts: CompileOptions,
+) -> Result<CompiledGraph, CodegenError> {
+    if batch == 0 {
+        return Err(CodegenError::Unsupported(
+            "batch size must be at least 1".into(),
+        ));
+    }
+    let t0 = Instant::now();
+    let lowered = lower(g, batch, layout)?;
+    let mut schedule = lowered.schedule;
+    plan_memory(&mut schedule)?;
+    verify(&schedule, &lowered.kernels, layout)?;
+    let mut module = KernelModule::new()?;
+    if opts.keep_clif {
+        module.keep_clif(Some(ClifStage::Optimized));
+    }
+    let handles = lowered
+        .kernels
+        .iter()
+        .map(|k| module.add_kernel(spec(k)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let module = module.finalize()?;
+    let funcs = handles.iter().map(|&h| module.kernel(h)).collect();
+    let clif = handles
+        .iter()
+        .filter_map(|&h| module.clif(h).map(str::to_string))
+        .collect();
+    let arena = vec![Line([0.0; 16]); schedule.arena_elems.div_ceil(16)];
+    Ok(CompiledGraph {
+        module,
+        funcs,
+        schedule,
+        outputs: lowered.outputs,
+        arena,
+        batch,
+        compile_ms: t0.elapsed().as_secs_f64() * 1e3,
+        clif,
+    })
+}
+
+fn spec(k: &KernelDef) -> &dyn KernelSpec {
+    match k {
+        KernelDef::Elementwise(e) => e,
+        KernelDef::Reduce(r) => r,
+    }
+}
+
+/// Offsets for every arena buffer from its first to its last launch.
+fn plan_memory(s: &mut Schedule) -> Result<(), CodegenError> {
+    let n = s.launches.len();
+    let mut span: Vec<Option<(usize, usize)>> = vec![None; s.buffers.len()];
+    for (i, l) in s.launches.iter().enumerate() {
+        for b in &l.args {
+            let e = &mut span[b.0 as usize];
+            *e = Some(match *e {
+                None => (i, i),
+                Some((f, _)) => (f, i),
+            });
+        }
+    }
+    let temps: Vec<usize> = (0..s.buffers.len())
+        .filter(|&i| s.buffers[i].kind == BufKind::Temp && span[i].is_some())
+        .collect();
+    let lifetimes: Vec<Lifetime> = temps
+        .iter()
+        .map(|&i| {
+            let (first, last) = span[i].expect("filtered");
+            let last = if s.buffers[i].pinned { n } else { last };
+            Lifetime {
+                bytes: s.buffers[i].elems * 4,
+                first,
+                last,
+            }
+        })
+        .collect();
+    let plan = arena::plan(&lifetimes);
+    arena::verify(&lifetimes, &plan).map_err(CodegenError::Plan)?;
+    for (k, &i) in temps.iter().enumerate() {
+        s.buffers[i].offset = plan.offsets[k] / 4;
+    }
+    s.arena_elems = plan.size / 4;
+    s.unshared_elems = plan.unshared / 4;
+    Ok(())
+}
+
+fn gemm_extent(d: &GemmDesc, which: usize) -> usize {
+    let (rows, cols, rs, cs, stride) = match which {
+        0 => (d.m, d.k, d.rsa, d.csa, d.stride_a),
+        1 => (d.k, d.n, d.rsb, d.csb, d.stride_b),
+        _ => (d.m, d.n, d.rsc, d.csc, d.stride_c),
+    };
+    let last = (d.batch.max(1) - 1) as isize * stride
+        + (rows as isize - 1) * rs
+        + (cols as isize - 1) * cs;
+    last as usize + 1
+}
+
+/// Every launch touches only elements inside its buffers, never writes the
+/// batch inputs, and every arena buffer lies inside the arena: checked once,
+/// before any generated code runs.
+fn verify(s: &Schedule, kernels: &[KernelDef], layout: &StateLayout) -> Result<(), CodegenError> {
+    for (i, l) in s.launches.iter().enumerate() {
+        let mut need = vec![0usize; l.args.len()];
+        let mut written: Vec<usize> = Vec::new();
+        match &l.kind {
+            LaunchKind::Elementwise { func, dims } | LaunchKind::Reduce { func, dims } => {
+                let (graph, outs): (_, Vec<(usize, usize)>) = match &kernels[*func] {
+                    KernelDef::Elementwise(k) => (
+                        &k.graph,
+                        k.outputs
+                            .iter()
+                            .map(|o| (o.buf.0 as usize, dims.len()))
+                            .collect(),
+                    ),
+                    KernelDef::Reduce(k) => (
+                        &k.graph,
+                        k.sums
+                            .iter()
+                            .map(|o| (o.buf.0 as usize, dims.chans))
+                            .collect(),
+                    ),
+                };
+                for node in graph.nodes() {
+                    match node {
+                        ExprNode::Load(b) => {
+                            need[b.0 as usize] = need[b.0 as usize].max(dims.len())
+                        }
+                        ExprNode::ChanLoad(b) => {
+                            need[b.0 as usize] = need[b.0 as usize].max(dims.chans)
+                        }
+                        _ => {}
+                    }
+                }
+                for (b, n) in outs {
+                    need[b] = need[b].max(n);
+                    written.push(b);
+                }
+            }
+            LaunchKind::Gemm(d) => {
+                need = (0..3).map(|w| gemm_extent(d, w)).collect();
+                written.push(2);
+            }
+            LaunchKind::Im2col { geom, images } => {
+                need = vec![
+                    images * geom.image_len(),
+                    images * geom.col_rows() * geom.col_cols(),
+                ];
+                written.push(1);
+            }
+            LaunchKind::Col2im { geom, images } => {
+                need = vec![
+                    images * geom.col_rows() * geom.col_cols(),
+                    images * geom.image_len(),
+                ];
+                written.push(1);
+            }
+            LaunchKind::Special(op) => {
+                let (ins, out) = op.extents();
+                need = ins;
+                need.push(out);
+                written.push(need.len() - 1);
+            }
+        }
+        for (k, &b) in l.args.iter().enumerate() {
+            let buf = s.buffer(b);
+            let fits = match buf.kind {
+                BufKind::State { offset } => buf.elems >= need[k] && offset + need[k] <= layout.len,
+                _ => buf.elems >= need[k],
+            };
+            if !fits {
+                return Err(CodegenError::Plan(format!(
+                    "launch {i} ({}) reads or writes {} elements of '{}', which has {}",
+                    l.nodes.join(" "),
+                    need[k],
+                    buf.name,
+                    buf.elems
+                )));
+            }
+            if written.contains(&k) && matches!(buf.kind, BufKind::Image | BufKind::Labels) {
+                return Err(CodegenError::Plan(format!(
+                    "launch {i} would write the batch input '{}'",
+                    buf.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl CompiledGraph {
+    /// Runs every launch. `state` follows the layout the graph was compiled
+    /// with, `labels` are class indices, `keys` the step's mask key table.
+    pub fn run(
+        &mut self,
+        state: &mut [f32],
+        images: &[f32],
+        labels: &[u32],
+        keys: &[u64],
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        let image_len = self
+            .schedule
+            .buffers
+            .iter()
+            .find(|b| b.kind == BufKind::Image)
+            .map_or(0, |b| b.elems);
+        if images.len() != image_len || labels.len() != self.batch {
+            return Err(CodegenError::Unsupported(format!(
+                "batch of {} images / {} labels does not fit a step compiled for {} ({} values)",
+                images.len(),
+                labels.len(),
+                self.batch,
+                image_len
+            )));
+        }
+        let labels_bits: Vec<f32> = labels.iter().map(|&l| f32::from_bits(l)).collect();
+        let arena = self.arena.as_mut_ptr() as *mut f32;
+        let state_ptr = state.as_mut_ptr();
+        let resolve = |b: BufRef| -> *mut f32 {
+            let buf = &self.schedule.buffers[b.0 as usize];
+            // SAFETY: offsets were checked against the arena and state sizes by `verify`.
+            unsafe {
+                match buf.kind {
+                    BufKind::Temp => arena.add(buf.offset),
+                    BufKind::State { offset } => state_ptr.add(offset),
+                    BufKind::Image => images.as_ptr() as *mut f32,
+                    BufKind::Labels => labels_bits.as_ptr() as *mut f32,
+                }
+            }
+        };
+        let threads = threads.max(1);
+        for l in &self.schedule.launches {
+            let ptrs: Vec<*mut f32> = l.args.iter().map(|&b| resolve(b)).collect();
+            // SAFETY: every extent was verified at compile time; buffers live
+            // together never overlap; the batch inputs are only read.
+            unsafe {
+                match &l.kind {
+                    LaunchKind::Elementwise { func, dims } => global_pool().run_kernel(
+                        self.funcs[*func],
+                        ptrs.as_ptr(),
+                        keys.as_ptr(),
+                        dims.outer as i64,
+                        threads,
+                    ),
+                    LaunchKind::Reduce { func, dims } => global_pool().run_kernel(
+                        self.funcs[*func],
+                        ptrs.as_ptr(),
+                        keys.as_ptr(),
+                        dims.chans as i64,
+                        threads,
+                    ),
+                    LaunchKind::Gemm(d) => dropjit_sgemm(d, ptrs[0], ptrs[1], ptrs[2], threads),
+                    LaunchKind::Im2col { geom, images } => {
+                        dropjit_im2col(geom, ptrs[0], ptrs[1], *images, threads)
+                    }
+                    LaunchKind::Col2im { geom, images } => {
+                        std::ptr::write_bytes(ptrs[1], 0, images * geom.image_len());
+                        dropjit_col2im(geom, ptrs[0], ptrs[1], *images, threads)
+                    }
+                    LaunchKind::Special(op) => {
+                        let (ins, out) = op.extents();
+                        let inputs: Vec<&[f32]> = ins
+                            .iter()
+                            .zip(&ptrs)
+                            .map(|(&n, &p)| std::slice::from_raw_parts(p as *const f32, n))
+                            .collect();
+                        let output = std::slice::from_raw_parts_mut(ptrs[ins.len()], out);
+                        op.run(&inputs, output, threads);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A named output (`loss`, `logits`) of the last run.
+    pub fn output(&self, name: &str) -> Option<&[f32]> {
+        let (_, b) = self.outputs.iter().find(|(n, _)| n == name)?;
+        let buf = self.schedule.buffer(*b);
+        let arena = self.arena.as_ptr() as *const f32;
+        // SAFETY: outputs are pinned arena buffers inside the verified arena.
+        Some(unsafe { std::slice::from_raw_parts(arena.add(buf.offset), buf.elems) })
+    }
+
+    pub fn arena_bytes(&self) -> usize {
+        self.schedule.arena_elems * 4
+    }
+
+    /// Number of JIT kernels in the module.
+    pub fn kernel_count(&self) -> usize {
+        self.funcs.len()
+    }
+
+    #[doc(hidden)]
+    pub fn module(&self) -> &CompiledModule {
+        &self.module
+    }
+}

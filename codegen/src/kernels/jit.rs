@@ -1,0 +1,613 @@
+//! [`KernelModule`]: a JITModule for the host ISA with the `extern "C"`
+//! helpers registered, plus CLIF printing for a fixed x86-64 ISA (no JIT) so
+//! that snapshots do not depend on the host.
+//!
+//! Every CLIF text produced here starts with `; <comment>` lines naming what
+//! the function implements (caller-provided, e.g. graph node names).
+//!
+//! # Kernel ABI ([`KernelFn`])
+//! `extern "C" fn(args: *const *mut f32, keys: *const u64, begin: i64, end: i64)`
+//! - `args[b]` is the base pointer of buffer `BufId(b)` (f32 elements);
+//! - `keys[k]` is the mask key of `KeySlot(k)` (`mask::mask_key`, per step);
+//! - `begin..end` is the range of the split dimension: `outer` for elementwise
+//!   kernels, channels for reductions. Kernels never read outside it, so
+//!   disjoint ranges can run concurrently (see `parallel::dropjit_parallel_for`).
+
+use std::time::{Duration, Instant};
+
+use cranelift_codegen::ir::{
+    types, AbiParam, ExtFuncData, ExternalName, FuncRef, Function, Signature, Type, UserFuncName,
+    Value,
+};
+use cranelift_codegen::isa::{CallConv, OwnedTargetIsa, TargetIsa};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{FuncId, Linkage, Module};
+
+/// Errors of kernel construction and compilation.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("invalid kernel `{name}`: {msg}")]
+    Invalid { name: String, msg: String },
+    #[error("cranelift module: {0}")]
+    Module(Box<cranelift_module::ModuleError>),
+    #[error("cranelift codegen: {0}")]
+    Codegen(String),
+    #[error("ISA setup: {0}")]
+    Isa(String),
+}
+
+impl From<cranelift_module::ModuleError> for KernelError {
+    fn from(e: cranelift_module::ModuleError) -> Self {
+        KernelError::Module(Box::new(e))
+    }
+}
+
+impl From<settings::SetError> for KernelError {
+    fn from(e: settings::SetError) -> Self {
+        KernelError::Isa(e.to_string())
+    }
+}
+
+pub type Result<T, E = KernelError> = std::result::Result<T, E>;
+
+/// A compiled kernel: see the module docs for the ABI.
+pub type KernelFn =
+    unsafe extern "C" fn(args: *const *mut f32, keys: *const u64, begin: i64, end: i64);
+
+/// Something that emits the body of one kernel with the [`KernelFn`] ABI.
+pub trait KernelSpec {
+    /// Symbol name (unique within a module).
+    fn symbol(&self) -> &str;
+    /// What it implements; becomes the first CLIF comment line(s).
+    fn comment(&self) -> &str;
+    fn validate(&self) -> Result<()>;
+    /// Emit the body; the builder is positioned in the entry block whose
+    /// parameters are `[args, keys, begin, end]`. Must end with a return.
+    fn emit_body(&self, b: &mut FunctionBuilder, ptr_ty: Type, params: [Value; 4]) -> Result<()>;
+}
+
+/// `extern "C"` helpers that JIT code may call (registered as symbols).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Helper {
+    /// `parallel::dropjit_parallel_for(kernel, args, keys, total, n_threads)`
+    ParallelFor,
+    /// `gemm::dropjit_sgemm(desc: *const GemmDesc, a, b, c, n_threads)`
+    Sgemm,
+    /// `gemm::dropjit_im2col(geom: *const ConvGeom, x, col, n_images, n_threads)`
+    Im2col,
+    /// `gemm::dropjit_col2im(geom: *const ConvGeom, col, dx, n_images, n_threads)`
+    Col2im,
+}
+
+impl Helper {
+    pub const ALL: [Helper; 4] = [
+        Helper::ParallelFor,
+        Helper::Sgemm,
+        Helper::Im2col,
+        Helper::Col2im,
+    ];
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Helper::ParallelFor => "dropjit_parallel_for",
+            Helper::Sgemm => "dropjit_sgemm",
+            Helper::Im2col => "dropjit_im2col",
+            Helper::Col2im => "dropjit_col2im",
+        }
+    }
+
+    fn address(self) -> *const u8 {
+        match self {
+            Helper::ParallelFor => super::parallel::dropjit_parallel_for as *const u8,
+            Helper::Sgemm => super::gemm::dropjit_sgemm as *const u8,
+            Helper::Im2col => super::gemm::dropjit_im2col as *const u8,
+            Helper::Col2im => super::gemm::dropjit_col2im as *const u8,
+        }
+    }
+
+    /// Parameter types (no return values): `usize`/`isize` are pointer-sized.
+    pub fn signature(self, ptr: Type, cc: CallConv) -> Signature {
+        let p: Vec<Type> = match self {
+            Helper::ParallelFor => vec![ptr, ptr, ptr, types::I64, ptr],
+            Helper::Sgemm | Helper::Im2col | Helper::Col2im => vec![ptr; 5],
+        };
+        let mut s = Signature::new(cc);
+        s.params = p.into_iter().map(AbiParam::new).collect();
+        s
+    }
+}
+
+/// The [`KernelFn`] signature.
+pub fn kernel_signature(ptr: Type, cc: CallConv) -> Signature {
+    let mut s = Signature::new(cc);
+    for t in [ptr, ptr, types::I64, types::I64] {
+        s.params.push(AbiParam::new(t));
+    }
+    s
+}
+
+/// Prefixes every line of `comment` with `; `.
+fn comment_lines(comment: &str) -> String {
+    let mut out = String::new();
+    for l in comment.lines() {
+        out.push_str("; ");
+        out.push_str(l);
+        out.push('\n');
+    }
+    if out.is_empty() {
+        out.push_str(";\n");
+    }
+    out
+}
+
+/// Handle of a function defined in a [`KernelModule`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FuncHandle(pub usize);
+
+/// Gives a function body access to helpers and to other functions of the module.
+pub struct FuncEnv<'m> {
+    module: Option<&'m mut JITModule>,
+    ids: &'m [FuncId],
+    ptr_ty: Type,
+    cc: CallConv,
+}
+
+impl FuncEnv<'_> {
+    pub fn ptr_ty(&self) -> Type {
+        self.ptr_ty
+    }
+    pub fn call_conv(&self) -> CallConv {
+        self.cc
+    }
+
+    /// Imports an `extern "C"` helper into `func`.
+    pub fn helper(&mut self, func: &mut Function, h: Helper) -> Result<FuncRef> {
+        let sig = h.signature(self.ptr_ty, self.cc);
+        match self.module.as_deref_mut() {
+            Some(m) => {
+                let id = m.declare_function(h.symbol(), Linkage::Import, &sig)?;
+                Ok(m.declare_func_in_func(id, func))
+            }
+            None => {
+                let signature = func.import_signature(sig);
+                Ok(func.import_function(ExtFuncData {
+                    name: ExternalName::testcase(h.symbol()),
+                    signature,
+                    colocated: false,
+                    patchable: false,
+                }))
+            }
+        }
+    }
+
+    /// Imports a function defined earlier in the same module (e.g. to pass a
+    /// kernel's address to `dropjit_parallel_for` with `func_addr`).
+    pub fn func(&mut self, func: &mut Function, h: FuncHandle) -> Result<FuncRef> {
+        match self.module.as_deref_mut() {
+            Some(m) => Ok(m.declare_func_in_func(self.ids[h.0], func)),
+            None => Err(KernelError::Codegen(
+                "module functions are not available when printing CLIF alone".into(),
+            )),
+        }
+    }
+}
+
+/// Which CLIF to keep or print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClifStage {
+    /// As emitted (before Cranelift's optimiser).
+    Built,
+    /// After the mid-end optimiser for the given ISA.
+    Optimized,
+}
+
+struct FuncInfo {
+    id: FuncId,
+    clif: Option<String>,
+}
+
+/// A JIT module for the host: add kernels/functions, then [`finalize`](Self::finalize) once.
+pub struct KernelModule {
+    module: JITModule,
+    ctx: Context,
+    fctx: FunctionBuilderContext,
+    funcs: Vec<FuncInfo>,
+    ids: Vec<FuncId>,
+    keep_clif: Option<ClifStage>,
+    compile_time: Duration,
+}
+
+/// Code generation options of a [`KernelModule`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JitOptions {
+    /// Run Cranelift's IR verifier on every function (slower compiles).
+    pub verify: bool,
+    /// `opt_level=speed` (default) rather than `none`: the mid-end optimiser
+    /// costs about half the compile time; the emitted IR is already hoisted
+    /// by hand, so `none` loses little at run time (see the benchmark).
+    pub optimize: bool,
+}
+
+impl Default for JitOptions {
+    fn default() -> Self {
+        Self {
+            verify: cfg!(debug_assertions),
+            optimize: true,
+        }
+    }
+}
+
+/// Shared settings: `opt_level`, non-PIC, far libcalls.
+fn shared_flags(o: JitOptions) -> Result<settings::Flags> {
+    let verify = o.verify;
+    let mut f = settings::builder();
+    f.set("opt_level", if o.optimize { "speed" } else { "none" })?;
+    f.set("is_pic", "false")?;
+    f.set("use_colocated_libcalls", "false")?;
+    f.set("enable_verifier", if verify { "true" } else { "false" })?;
+    Ok(settings::Flags::new(f))
+}
+
+/// The host ISA with every feature `cranelift_native` detects (SSE4.1 etc.).
+pub fn native_isa(o: JitOptions) -> Result<OwnedTargetIsa> {
+    let b = cranelift_native::builder().map_err(|e| KernelError::Isa(e.to_string()))?;
+    b.finish(shared_flags(o)?)
+        .map_err(|e| KernelError::Isa(e.to_string()))
+}
+
+/// A fixed x86-64 ISA (SysV, SSE4.2, no AVX) independent of the host, for snapshots.
+pub fn fixed_isa() -> Result<OwnedTargetIsa> {
+    let mut b = cranelift_codegen::isa::lookup_by_name("x86_64-unknown-linux-gnu")
+        .map_err(|e| KernelError::Isa(e.to_string()))?;
+    for f in [
+        "has_sse3",
+        "has_ssse3",
+        "has_sse41",
+        "has_sse42",
+        "has_popcnt",
+    ] {
+        b.enable(f)?;
+    }
+    b.finish(shared_flags(JitOptions {
+        verify: true,
+        optimize: true,
+    })?)
+    .map_err(|e| KernelError::Isa(e.to_string()))
+}
+
+/// Builds `k` for `isa` without a JIT and returns its CLIF text (with the comment).
+pub fn kernel_clif(k: &dyn KernelSpec, isa: &dyn TargetIsa, stage: ClifStage) -> Result<String> {
+    k.validate()?;
+    let ptr = isa.pointer_type();
+    let sig = kernel_signature(ptr, isa.default_call_conv());
+    let mut ctx = Context::new();
+    ctx.func = Function::with_name_signature(UserFuncName::testcase(k.symbol()), sig);
+    let mut fctx = FunctionBuilderContext::new();
+    emit_kernel(k, &mut ctx.func, &mut fctx, isa)?;
+    finish_clif(&mut ctx, isa, k.comment(), stage)
+}
+
+fn finish_clif(
+    ctx: &mut Context,
+    isa: &dyn TargetIsa,
+    comment: &str,
+    stage: ClifStage,
+) -> Result<String> {
+    if stage == ClifStage::Optimized {
+        ctx.optimize(isa, &mut Default::default())
+            .map_err(|e| KernelError::Codegen(format!("{e:?}")))?;
+    }
+    Ok(format!("{}{}", comment_lines(comment), ctx.func.display()))
+}
+
+fn emit_kernel(
+    k: &dyn KernelSpec,
+    func: &mut Function,
+    fctx: &mut FunctionBuilderContext,
+    isa: &dyn TargetIsa,
+) -> Result<()> {
+    let mut b = FunctionBuilder::new(func, fctx);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let p = b.block_params(entry).to_vec();
+    k.emit_body(&mut b, isa.pointer_type(), [p[0], p[1], p[2], p[3]])?;
+    b.seal_all_blocks();
+    b.finalize(isa.frontend_config());
+    Ok(())
+}
+
+impl KernelModule {
+    /// A JIT module for the host ISA (verifier on in debug builds only).
+    pub fn new() -> Result<Self> {
+        Self::with_options(JitOptions::default())
+    }
+
+    pub fn with_verifier(verify: bool) -> Result<Self> {
+        Self::with_options(JitOptions {
+            verify,
+            ..JitOptions::default()
+        })
+    }
+
+    pub fn with_options(o: JitOptions) -> Result<Self> {
+        let isa = native_isa(o)?;
+        let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+        for h in Helper::ALL {
+            jb.symbol(h.symbol(), h.address());
+        }
+        Ok(Self {
+            module: JITModule::new(jb),
+            ctx: Context::new(),
+            fctx: FunctionBuilderContext::new(),
+            funcs: vec![],
+            ids: vec![],
+            keep_clif: None,
+            compile_time: Duration::ZERO,
+        })
+    }
+
+    /// Keep the CLIF text of every function defined from now on.
+    pub fn keep_clif(&mut self, stage: Option<ClifStage>) {
+        self.keep_clif = stage;
+    }
+
+    pub fn isa(&self) -> &dyn TargetIsa {
+        self.module.isa()
+    }
+
+    /// Total time spent building and compiling functions so far.
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// Adds a kernel with the [`KernelFn`] ABI.
+    pub fn add_kernel(&mut self, k: &dyn KernelSpec) -> Result<FuncHandle> {
+        k.validate()?;
+        let ptr = self.module.isa().pointer_type();
+        let sig = kernel_signature(ptr, self.module.isa().default_call_conv());
+        self.define(k.symbol(), k.comment(), sig, &mut |b, _env| {
+            let entry = b.current_block().expect("entry");
+            let p = b.block_params(entry).to_vec();
+            k.emit_body(b, ptr, [p[0], p[1], p[2], p[3]])
+        })
+    }
+
+    /// Adds a function of any signature; `body` starts in the entry block
+    /// (parameters = signature params) and must end with a return.
+    pub fn add_function(
+        &mut self,
+        name: &str,
+        comment: &str,
+        sig: Signature,
+        body: &mut dyn FnMut(&mut FunctionBuilder, &mut FuncEnv) -> Result<()>,
+    ) -> Result<FuncHandle> {
+        self.define(name, comment, sig, body)
+    }
+
+    fn define(
+        &mut self,
+        name: &str,
+        comment: &str,
+        sig: Signature,
+        body: &mut dyn FnMut(&mut FunctionBuilder, &mut FuncEnv) -> Result<()>,
+    ) -> Result<FuncHandle> {
+        let t0 = Instant::now();
+        if self.module.get_name(name).is_some() {
+            return Err(KernelError::Invalid {
+                name: name.into(),
+                msg: "symbol defined twice".into(),
+            });
+        }
+        let id = self.module.declare_function(name, Linkage::Local, &sig)?;
+        self.module.clear_context(&mut self.ctx);
+        self.ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
+        let ptr_ty = self.module.isa().pointer_type();
+        let cc = self.module.isa().default_call_conv();
+        {
+            let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let mut env = FuncEnv {
+                module: Some(&mut self.module),
+                ids: &self.ids,
+                ptr_ty,
+                cc,
+            };
+            body(&mut b, &mut env)?;
+            b.seal_all_blocks();
+            b.finalize(self.module.isa().frontend_config());
+        }
+        let mut clif = match self.keep_clif {
+            Some(ClifStage::Built) => Some(format!(
+                "{}{}",
+                comment_lines(comment),
+                self.ctx.func.display()
+            )),
+            _ => None,
+        };
+        self.module
+            .define_function(id, &mut self.ctx)
+            .map_err(|e| match e {
+                cranelift_module::ModuleError::Compilation(ce) => {
+                    KernelError::Codegen(format!("{name}: {ce:?}"))
+                }
+                other => other.into(),
+            })?;
+        if self.keep_clif == Some(ClifStage::Optimized) {
+            clif = Some(format!(
+                "{}{}",
+                comment_lines(comment),
+                self.ctx.func.display()
+            ));
+        }
+        self.funcs.push(FuncInfo { id, clif });
+        self.ids.push(id);
+        self.compile_time += t0.elapsed();
+        Ok(FuncHandle(self.funcs.len() - 1))
+    }
+
+    /// Links everything; function pointers are valid while the result lives.
+    pub fn finalize(mut self) -> Result<CompiledModule> {
+        self.module.finalize_definitions()?;
+        let ptrs = self
+            .funcs
+            .iter()
+            .map(|f| self.module.get_finalized_function(f.id))
+            .collect();
+        Ok(CompiledModule {
+            ptrs,
+            clif: self.funcs.into_iter().map(|f| f.clif).collect(),
+            module: Some(self.module),
+        })
+    }
+}
+
+/// Finalized code. Dropping it frees the code: no pointer obtained from it may
+/// be called afterwards.
+pub struct CompiledModule {
+    module: Option<JITModule>,
+    ptrs: Vec<*const u8>,
+    clif: Vec<Option<String>>,
+}
+
+impl CompiledModule {
+    /// The address of a function.
+    pub fn ptr(&self, h: FuncHandle) -> *const u8 {
+        self.ptrs[h.0]
+    }
+
+    /// A kernel added with [`KernelModule::add_kernel`].
+    pub fn kernel(&self, h: FuncHandle) -> KernelFn {
+        // SAFETY: kernels are defined with `kernel_signature`, i.e. this ABI.
+        unsafe { std::mem::transmute::<*const u8, KernelFn>(self.ptrs[h.0]) }
+    }
+
+    pub fn clif(&self, h: FuncHandle) -> Option<&str> {
+        self.clif[h.0].as_deref()
+    }
+}
+
+impl Drop for CompiledModule {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: documented contract: no pointer is used after drop.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// Builds an arbitrary function (e.g. a step function calling helpers) for
+/// `isa` without a JIT and returns its CLIF text (with the comment). Module
+/// functions are not available here ([`FuncEnv::func`] fails).
+pub fn function_clif(
+    name: &str,
+    comment: &str,
+    sig: Signature,
+    body: &mut dyn FnMut(&mut FunctionBuilder, &mut FuncEnv) -> Result<()>,
+    isa: &dyn TargetIsa,
+    stage: ClifStage,
+) -> Result<String> {
+    let mut ctx = Context::new();
+    ctx.func = Function::with_name_signature(UserFuncName::testcase(name), sig);
+    let mut fctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let mut env = FuncEnv {
+            module: None,
+            ids: &[],
+            ptr_ty: isa.pointer_type(),
+            cc: isa.default_call_conv(),
+        };
+        body(&mut b, &mut env)?;
+        b.seal_all_blocks();
+        b.finalize(isa.frontend_config());
+    }
+    finish_clif(&mut ctx, isa, comment, stage)
+}
+
+/// Emits a kernel into a fresh function (used by the fixed-ISA printer).
+pub fn kernel_function(k: &dyn KernelSpec, isa: &dyn TargetIsa) -> Result<Function> {
+    let sig = kernel_signature(isa.pointer_type(), isa.default_call_conv());
+    let mut f = Function::with_name_signature(UserFuncName::testcase(k.symbol()), sig);
+    let mut fctx = FunctionBuilderContext::new();
+    emit_kernel(k, &mut f, &mut fctx, isa)?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::elementwise::ElementwiseKernel;
+    use super::super::expr::{BufId, Dims, ExprGraph};
+    use super::*;
+    use cranelift_codegen::ir::InstBuilder;
+
+    fn tiny(name: &str, comment: &str) -> ElementwiseKernel {
+        let mut g = ExprGraph::new();
+        let x = g.load(BufId(0));
+        let y = g.relu(x);
+        ElementwiseKernel::new(name, comment, Dims::new(2, 1, 5), g).output(BufId(1), y)
+    }
+
+    #[test]
+    fn jit_clif_starts_with_comment_lines() {
+        for stage in [ClifStage::Built, ClifStage::Optimized] {
+            let mut m = KernelModule::with_verifier(true).unwrap();
+            m.keep_clif(Some(stage));
+            let h = m
+                .add_kernel(&tiny("k", "relu7\n(fused: conv7 bias)"))
+                .unwrap();
+            let c = m.finalize().unwrap();
+            let text = c.clif(h).unwrap();
+            assert!(
+                text.starts_with("; relu7\n; (fused: conv7 bias)\nfunction "),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_symbols_are_rejected() {
+        let mut m = KernelModule::new().unwrap();
+        m.add_kernel(&tiny("same", "a")).unwrap();
+        assert!(matches!(
+            m.add_kernel(&tiny("same", "b")),
+            Err(KernelError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn fixed_isa_prints_helper_calls() {
+        let isa = fixed_isa().unwrap();
+        let ptr = isa.pointer_type();
+        let mut sig = Signature::new(isa.default_call_conv());
+        sig.params = vec![AbiParam::new(ptr); 3];
+        let text = function_clif(
+            "conv1_fwd",
+            "conv1 forward: sgemm",
+            sig,
+            &mut |b, env| {
+                let entry = b.current_block().unwrap();
+                let p = b.block_params(entry).to_vec();
+                let f = env.helper(b.func, Helper::Sgemm)?;
+                let desc = b.ins().iconst(ptr, 0x1000);
+                let nt = b.ins().iconst(ptr, 2);
+                b.ins().call(f, &[desc, p[0], p[1], p[2], nt]);
+                b.ins().return_(&[]);
+                Ok(())
+            },
+            &*isa,
+            ClifStage::Built,
+        )
+        .unwrap();
+        assert!(text.starts_with("; conv1 forward: sgemm\n"));
+        assert!(text.contains("%dropjit_sgemm"), "{text}");
+    }
+}

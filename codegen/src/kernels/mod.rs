@@ -1,0 +1,20 @@
+//! Low-level kernel toolkit: Cranelift-JIT fused elementwise loop nests and
+//! per-channel reductions, a small persistent thread pool, and GEMM /
+//! im2col / col2im helpers callable from JIT code.
+//!
+//! Kernel ABI (see [`jit::KernelFn`]):
+//! `unsafe extern "C" fn(args: *const *mut f32, keys: *const u64, begin: i64, end: i64)`
+//! where `args[b]` is buffer `BufId(b)`, `keys[k]` the dropout mask key of
+//! `KeySlot(k)` for the current step, and `begin..end` the split range (outer
+//! dimension for elementwise kernels, channels for reductions).
+//!
+//! Dropout masks come from [`dropjit_graph::mask`]; the JIT emits the same
+//! hash and is tested to agree bit for bit.
+
+pub mod elementwise;
+pub mod expr;
+pub mod gemm;
+pub mod jit;
+mod lower;
+pub mod parallel;
+pub mod reduce;

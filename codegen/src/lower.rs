@@ -1,0 +1,820 @@
+//! Lowering a step or evaluation graph to a [`Schedule`] plus the JIT kernels it
+//! launches.
+//!
+//! - Convolutions and linear layers become im2col / col2im and batched SGEMM.
+//! - Runs of consecutive elementwise nodes over the same iteration space
+//!   (bias, BatchNorm-apply, ReLU, dropout masks, add, ReLU gradient, the SGD
+//!   and running-statistics updates) fuse into one Cranelift loop nest; only
+//!   values read outside the run are written to memory. Masks are generated
+//!   inside the loops from the shared hash, never stored.
+//! - Per-channel statistics (BatchNorm, bias gradients) are Cranelift
+//!   reductions split by channel, so results do not depend on the thread count.
+//! - Pooling, the option-A shortcut, global average pooling and the loss run as
+//!   Rust helpers (`special`).
+
+use std::collections::HashMap;
+
+use dropjit_graph::op::{MaskSpec, Op};
+use dropjit_graph::{Graph, NodeId, TensorType};
+
+use crate::kernels::elementwise::ElementwiseKernel;
+use crate::kernels::expr::{BufId, Dims, ExprGraph, ExprId, KeySlot, MaskFactor};
+use crate::kernels::gemm::{ConvGeom, GemmDesc};
+use crate::kernels::reduce::ReduceKernel;
+use crate::layout::{key_slot, StateLayout};
+use crate::schedule::{BufKind, BufRef, Buffer, Launch, LaunchKind, Schedule};
+use crate::special::{Nchw, SpecialOp};
+use crate::CodegenError;
+
+/// A JIT kernel to compile, in launch order of first use.
+pub enum KernelDef {
+    Elementwise(ElementwiseKernel),
+    Reduce(ReduceKernel),
+}
+
+pub struct Lowered {
+    pub schedule: Schedule,
+    pub kernels: Vec<KernelDef>,
+    /// Buffers of the graph's named outputs (`loss`, `logits`).
+    pub outputs: Vec<(String, BufRef)>,
+}
+
+/// Iteration space of a value: `[N, C, H, W]` as (N, C, H·W); `[N, F]` as (N, F, 1);
+/// a parameter-shaped value as (1, 1, elems).
+fn dims_of(ty: &TensorType, n: usize) -> Dims {
+    match (ty.batched, ty.dims.as_slice()) {
+        (true, [c, rest @ ..]) => Dims::new(n, *c, rest.iter().product()),
+        _ => Dims::new(1, 1, ty.elems_per_item()),
+    }
+}
+
+/// An open run of fusable elementwise nodes.
+struct Group {
+    dims: Dims,
+    graph: ExprGraph,
+    members: Vec<NodeId>,
+    expr: HashMap<NodeId, ExprId>,
+    /// Kernel argument slots: buffer and the extent the kernel touches.
+    args: Vec<(BufRef, usize)>,
+    loads: HashMap<(BufRef, bool), ExprId>,
+    /// Outputs written in place into an argument (SGD, running statistics).
+    in_place: Vec<(usize, ExprId)>,
+}
+
+impl Group {
+    fn slot(&mut self, buf: BufRef, extent: usize) -> BufId {
+        if let Some(i) = self.args.iter().position(|(b, _)| *b == buf) {
+            self.args[i].1 = self.args[i].1.max(extent);
+            return BufId(i as u32);
+        }
+        self.args.push((buf, extent));
+        BufId(self.args.len() as u32 - 1)
+    }
+}
+
+struct Lower<'g> {
+    g: &'g Graph,
+    n: usize,
+    layout: &'g StateLayout,
+    sched: Schedule,
+    kernels: Vec<KernelDef>,
+    value: Vec<Option<BufRef>>,
+    users: Vec<Vec<NodeId>>,
+    outputs: Vec<NodeId>,
+    group: Option<Group>,
+}
+
+pub fn lower(g: &Graph, batch: usize, layout: &StateLayout) -> Result<Lowered, CodegenError> {
+    let mut l = Lower {
+        g,
+        n: batch,
+        layout,
+        sched: Schedule::default(),
+        kernels: Vec::new(),
+        value: vec![None; g.nodes.len()],
+        users: g.users(),
+        outputs: g.outputs.iter().map(|(_, id)| *id).collect(),
+        group: None,
+    };
+    for id in g.ids() {
+        l.node(id)?;
+    }
+    l.flush()?;
+    let outputs = g
+        .outputs
+        .iter()
+        .map(|(name, id)| {
+            let b = l.value[id.index()].expect("outputs are materialised");
+            l.sched.buffers[b.0 as usize].pinned = true;
+            (name.clone(), b)
+        })
+        .collect();
+    Ok(Lowered {
+        schedule: l.sched,
+        kernels: l.kernels,
+        outputs,
+    })
+}
+
+impl Lower<'_> {
+    fn ty(&self, id: NodeId) -> &TensorType {
+        &self.g.node(id).ty
+    }
+
+    fn elems(&self, id: NodeId) -> usize {
+        self.ty(id).elems(self.n)
+    }
+
+    fn nchw(&self, id: NodeId) -> Nchw {
+        let (c, h, w) = self.ty(id).chw().expect("image-shaped by the shape rules");
+        Nchw { n: self.n, c, h, w }
+    }
+
+    fn buffer(&mut self, name: &str, kind: BufKind, elems: usize) -> BufRef {
+        self.sched.buffers.push(Buffer {
+            name: name.to_string(),
+            kind,
+            elems,
+            pinned: false,
+            offset: 0,
+        });
+        BufRef(self.sched.buffers.len() as u32 - 1)
+    }
+
+    fn temp(&mut self, name: &str, elems: usize) -> BufRef {
+        self.buffer(name, BufKind::Temp, elems)
+    }
+
+    /// The buffer holding node `id`'s value (it must be materialised).
+    fn buf(&self, id: NodeId) -> BufRef {
+        self.value[id.index()].unwrap_or_else(|| {
+            panic!(
+                "node {} used before it is materialised",
+                self.g.node(id).name
+            )
+        })
+    }
+
+    fn launch(&mut self, kind: LaunchKind, args: Vec<BufRef>, nodes: &[NodeId]) {
+        let nodes = nodes.iter().map(|&i| self.g.node(i).name.clone()).collect();
+        self.sched.launches.push(Launch { kind, args, nodes });
+    }
+
+    fn node(&mut self, id: NodeId) -> Result<(), CodegenError> {
+        let node = self.g.node(id).clone();
+        let ins = &node.inputs;
+        // Leaves are bound, not computed.
+        match &node.op {
+            Op::Param(p) => {
+                let (offset, elems) = self.layout.params[p.index()];
+                let b = self.buffer(&node.name, BufKind::State { offset }, elems);
+                self.value[id.index()] = Some(b);
+                return Ok(());
+            }
+            Op::Image => {
+                let b = self.buffer("image", BufKind::Image, self.elems(id));
+                self.value[id.index()] = Some(b);
+                return Ok(());
+            }
+            Op::Labels { .. } => {
+                let b = self.buffer("labels", BufKind::Labels, self.n);
+                self.value[id.index()] = Some(b);
+                return Ok(());
+            }
+            _ => {}
+        }
+        if self.fusable(id) {
+            return self.fuse(id);
+        }
+        self.flush()?;
+        let out_elems = self.elems(id);
+        match &node.op {
+            Op::Reshape { .. } => {
+                self.value[id.index()] = Some(self.buf(ins[0]));
+            }
+            Op::Conv2d(a) => {
+                let (x, y) = (self.nchw(ins[0]), self.nchw(id));
+                let geom = conv_geom(x, a);
+                let (kk, hw) = (geom.col_rows(), geom.col_cols());
+                let col = self.temp(&format!("{}.col", node.name), self.n * kk * hw);
+                let yb = self.temp(&node.name, out_elems);
+                self.launch(
+                    LaunchKind::Im2col {
+                        geom,
+                        images: self.n,
+                    },
+                    vec![self.buf(ins[0]), col],
+                    &[id],
+                );
+                // y_n[Co, HW] = W[Co, K] · col_n[K, HW]
+                let mut d = GemmDesc::row_major(y.c, kk, hw, 1.0, 0.0);
+                d.batch = self.n;
+                d.stride_a = 0;
+                d.stride_b = (kk * hw) as isize;
+                d.stride_c = (y.c * hw) as isize;
+                self.launch(LaunchKind::Gemm(d), vec![self.buf(ins[1]), col, yb], &[id]);
+                self.value[id.index()] = Some(yb);
+            }
+            Op::Conv2dGradInput { conv: a, .. } => {
+                let (dy, x) = (self.nchw(ins[0]), self.nchw(id));
+                let geom = conv_geom(x, a);
+                let (kk, hw) = (geom.col_rows(), geom.col_cols());
+                let dcol = self.temp(&format!("{}.dcol", node.name), self.n * kk * hw);
+                // dcol_n[K, HW] = Wᵀ[K, Co] · dy_n[Co, HW]
+                let mut d = GemmDesc::row_major(kk, dy.c, hw, 1.0, 0.0);
+                d.rsa = 1;
+                d.csa = kk as isize;
+                d.batch = self.n;
+                d.stride_a = 0;
+                d.stride_b = (dy.c * hw) as isize;
+                d.stride_c = (kk * hw) as isize;
+                self.launch(
+                    LaunchKind::Gemm(d),
+                    vec![self.buf(ins[1]), self.buf(ins[0]), dcol],
+                    &[id],
+                );
+                let dx = self.temp(&node.name, out_elems);
+                self.launch(
+                    LaunchKind::Col2im {
+                        geom,
+                        images: self.n,
+                    },
+                    vec![dcol, dx],
+                    &[id],
+                );
+                self.value[id.index()] = Some(dx);
+            }
+            Op::Conv2dGradWeight(a) => {
+                let (dy, x) = (self.nchw(ins[0]), self.nchw(ins[1]));
+                let geom = conv_geom(x, a);
+                let (kk, hw) = (geom.col_rows(), geom.col_cols());
+                let col = self.temp(&format!("{}.col", node.name), self.n * kk * hw);
+                self.launch(
+                    LaunchKind::Im2col {
+                        geom,
+                        images: self.n,
+                    },
+                    vec![self.buf(ins[1]), col],
+                    &[id],
+                );
+                // dW[Co, K] = Σ_n dy_n[Co, HW] · col_nᵀ[HW, K], accumulated image by image.
+                let mut d = GemmDesc::row_major(dy.c, hw, kk, 1.0, 0.0);
+                d.rsb = 1;
+                d.csb = hw as isize;
+                d.batch = self.n;
+                d.stride_a = (dy.c * hw) as isize;
+                d.stride_b = (kk * hw) as isize;
+                d.stride_c = 0;
+                let dw = self.temp(&node.name, out_elems);
+                self.launch(LaunchKind::Gemm(d), vec![self.buf(ins[0]), col, dw], &[id]);
+                self.value[id.index()] = Some(dw);
+            }
+            Op::Linear => {
+                // y[N, O] = x[N, I] · Wᵀ[I, O]
+                let (i, o) = (self.ty(ins[0]).dims[0], self.ty(id).dims[0]);
+                let mut d = GemmDesc::row_major(self.n, i, o, 1.0, 0.0);
+                d.rsb = 1;
+                d.csb = i as isize;
+                let y = self.temp(&node.name, out_elems);
+                self.launch(
+                    LaunchKind::Gemm(d),
+                    vec![self.buf(ins[0]), self.buf(ins[1]), y],
+                    &[id],
+                );
+                self.value[id.index()] = Some(y);
+            }
+            Op::LinearGradInput => {
+                // dx[N, I] = dy[N, O] · W[O, I]
+                let (o, i) = (self.ty(ins[0]).dims[0], self.ty(id).dims[0]);
+                let d = GemmDesc::row_major(self.n, o, i, 1.0, 0.0);
+                let dx = self.temp(&node.name, out_elems);
+                self.launch(
+                    LaunchKind::Gemm(d),
+                    vec![self.buf(ins[0]), self.buf(ins[1]), dx],
+                    &[id],
+                );
+                self.value[id.index()] = Some(dx);
+            }
+            Op::LinearGradWeight => {
+                // dW[O, I] = dyᵀ[O, N] · x[N, I]
+                let (o, i) = (self.ty(ins[0]).dims[0], self.ty(ins[1]).dims[0]);
+                let mut d = GemmDesc::row_major(o, self.n, i, 1.0, 0.0);
+                d.rsa = 1;
+                d.csa = o as isize;
+                let dw = self.temp(&node.name, out_elems);
+                self.launch(
+                    LaunchKind::Gemm(d),
+                    vec![self.buf(ins[0]), self.buf(ins[1]), dw],
+                    &[id],
+                );
+                self.value[id.index()] = Some(dw);
+            }
+            Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
+                let (x, y) = (self.nchw(ins[0]), self.nchw(id));
+                let op = if matches!(node.op, Op::MaxPool2d(_)) {
+                    SpecialOp::MaxPool { pool: *p, x, y }
+                } else {
+                    SpecialOp::AvgPool { pool: *p, x, y }
+                };
+                self.special(id, op, &[ins[0]])
+            }
+            Op::MaxPool2dGrad(p) => {
+                let (x, y) = (self.nchw(ins[1]), self.nchw(ins[0]));
+                self.special(
+                    id,
+                    SpecialOp::MaxPoolGrad { pool: *p, x, y },
+                    &[ins[0], ins[1]],
+                )
+            }
+            Op::AvgPool2dGrad { pool, .. } => {
+                let (x, y) = (self.nchw(id), self.nchw(ins[0]));
+                self.special(id, SpecialOp::AvgPoolGrad { pool: *pool, x, y }, &[ins[0]])
+            }
+            Op::ShortcutA { stride, .. } => {
+                let (x, y) = (self.nchw(ins[0]), self.nchw(id));
+                self.special(
+                    id,
+                    SpecialOp::ShortcutA {
+                        stride: *stride,
+                        x,
+                        y,
+                    },
+                    &[ins[0]],
+                )
+            }
+            Op::ShortcutAGrad { stride, .. } => {
+                let (x, y) = (self.nchw(id), self.nchw(ins[0]));
+                self.special(
+                    id,
+                    SpecialOp::ShortcutAGrad {
+                        stride: *stride,
+                        x,
+                        y,
+                    },
+                    &[ins[0]],
+                )
+            }
+            Op::GlobalAvgPool => {
+                let x = self.nchw(ins[0]);
+                self.special(id, SpecialOp::GlobalAvgPool { x }, &[ins[0]])
+            }
+            Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => {
+                let k = self.ty(ins[0]).dims[0];
+                let op = if node.op == Op::SoftmaxCrossEntropy {
+                    SpecialOp::SoftmaxCrossEntropy { n: self.n, k }
+                } else {
+                    SpecialOp::SoftmaxCrossEntropyGrad { n: self.n, k }
+                };
+                self.special(id, op, &[ins[0], ins[1]])
+            }
+            Op::BnMean { .. } | Op::BnVar { .. } | Op::BiasGrad | Op::BnGradGamma { .. } => {
+                self.reduction(id)?
+            }
+            Op::BnGradInput { eps } => self.bn_grad_input(id, *eps)?,
+            Op::Dropout(_) => {
+                return Err(CodegenError::Unsupported(format!(
+                    "node '{}': raw dropout site; compile the step or evaluation graph",
+                    node.name
+                )))
+            }
+            Op::Image | Op::Labels { .. } | Op::Param(_) => unreachable!("bound above"),
+            op => {
+                return Err(CodegenError::Unsupported(format!(
+                    "node '{}': {} is not lowered outside a fused loop",
+                    node.name,
+                    op.name()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn special(&mut self, id: NodeId, op: SpecialOp, ins: &[NodeId]) {
+        let (_, out_elems) = op.extents();
+        let out = self.temp(&self.g.node(id).name.clone(), out_elems);
+        let mut args: Vec<BufRef> = ins.iter().map(|&i| self.buf(i)).collect();
+        args.push(out);
+        self.launch(LaunchKind::Special(op), args, &[id]);
+        self.value[id.index()] = Some(out);
+    }
+
+    /// Whether node `id` can join an elementwise run (and which space it iterates).
+    fn fusable(&self, id: NodeId) -> bool {
+        matches!(
+            self.g.node(id).op,
+            Op::BiasAdd
+                | Op::Relu
+                | Op::BnApply { .. }
+                | Op::Add
+                | Op::Mask(_)
+                | Op::ReluGrad
+                | Op::GlobalAvgPoolGrad { .. }
+                | Op::SgdUpdate { .. }
+                | Op::BnRunningUpdate { .. }
+        )
+    }
+
+    fn space(&self, id: NodeId) -> Dims {
+        let node = self.g.node(id);
+        match node.op {
+            Op::GlobalAvgPoolGrad { h, w } => Dims::new(1, self.n * node.ty.dims[0], h * w),
+            Op::SgdUpdate { param, .. } => Dims::new(1, 1, self.layout.params[param.index()].1),
+            Op::BnRunningUpdate { running, .. } => {
+                Dims::new(1, 1, self.layout.params[running.index()].1)
+            }
+            _ => dims_of(&node.ty, self.n),
+        }
+    }
+
+    /// An operand of the open group: its expression if it is a member, else a
+    /// load of its buffer (per element, or per channel for `[C]` vectors).
+    fn operand(&mut self, id: NodeId, per_channel: bool) -> ExprId {
+        let g = self.group.as_mut().expect("open group");
+        if let Some(&e) = g.expr.get(&id) {
+            return e;
+        }
+        let buf = self.value[id.index()].expect("operands outside the group are materialised");
+        if let Some(&e) = g.loads.get(&(buf, per_channel)) {
+            return e;
+        }
+        let extent = if per_channel {
+            g.dims.chans
+        } else {
+            g.dims.len()
+        };
+        let slot = g.slot(buf, extent);
+        let e = if per_channel {
+            g.graph.chan_load(slot)
+        } else {
+            g.graph.load(slot)
+        };
+        g.loads.insert((buf, per_channel), e);
+        e
+    }
+
+    fn mask_factors(spec: &MaskSpec) -> Vec<MaskFactor> {
+        spec.factors
+            .iter()
+            .map(|f| MaskFactor {
+                key: KeySlot(key_slot(spec.site.0, f.stream)),
+                threshold: dropjit_graph::mask::keep_threshold(f.ratio),
+            })
+            .collect()
+    }
+
+    fn fuse(&mut self, id: NodeId) -> Result<(), CodegenError> {
+        let dims = self.space(id);
+        if self.group.as_ref().is_some_and(|g| g.dims != dims) {
+            self.flush()?;
+        }
+        if self.group.is_none() {
+            self.group = Some(Group {
+                dims,
+                graph: ExprGraph::new(),
+                members: Vec::new(),
+                expr: HashMap::new(),
+                args: Vec::new(),
+                loads: HashMap::new(),
+                in_place: Vec::new(),
+            });
+        }
+        let node = self.g.node(id).clone();
+        let ins = &node.inputs;
+        let e = match &node.op {
+            Op::BiasAdd => {
+                let x = self.operand(ins[0], false);
+                let b = self.operand(ins[1], true);
+                self.gr().add(x, b)
+            }
+            Op::Relu => {
+                let x = self.operand(ins[0], false);
+                self.gr().relu(x)
+            }
+            // gamma (x - mean) / sqrt(var + eps) + beta, in the interpreter's order.
+            Op::BnApply { eps } => {
+                let x = self.operand(ins[0], false);
+                let [m, v, ga, be] = [1, 2, 3, 4].map(|i| self.operand(ins[i], true));
+                let gr = self.gr();
+                let eps = gr.constant(*eps);
+                let centred = gr.sub(x, m);
+                let scaled = gr.mul(ga, centred);
+                let ve = gr.add(v, eps);
+                let sd = gr.sqrt(ve);
+                let norm = gr.div(scaled, sd);
+                gr.add(norm, be)
+            }
+            Op::Add => {
+                let (a, b) = (self.operand(ins[0], false), self.operand(ins[1], false));
+                self.gr().add(a, b)
+            }
+            Op::Mask(spec) => {
+                let x = self.operand(ins[0], false);
+                let factors = Self::mask_factors(spec);
+                let scale = spec.scale() as f32;
+                self.gr().drop_mask(&factors, 0, scale, x)
+            }
+            Op::ReluGrad => {
+                let (dy, y) = (self.operand(ins[0], false), self.operand(ins[1], false));
+                self.gr().positive_mask(y, dy)
+            }
+            Op::GlobalAvgPoolGrad { h, w } => {
+                // dx[n, c, :] = dy[n, c] / HW, with (n, c) as the channel index.
+                let dy = self.operand(ins[0], true);
+                let gr = self.gr();
+                let hw = gr.constant((h * w) as f32);
+                gr.div(dy, hw)
+            }
+            Op::SgdUpdate {
+                param,
+                lr_mult,
+                weight_decay,
+                momentum,
+            } => {
+                let (w_off, len) = self.layout.params[param.index()];
+                let (v_off, _) = self.layout.momentum[param.index()]
+                    .expect("trainable parameters have momentum");
+                let wb = self.buffer(
+                    &self.g.param(*param).name.clone(),
+                    BufKind::State { offset: w_off },
+                    len,
+                );
+                let vb = self.buffer(
+                    &format!("{}.momentum", self.g.param(*param).name),
+                    BufKind::State { offset: v_off },
+                    len,
+                );
+                let lrb = self.buffer(
+                    "lr",
+                    BufKind::State {
+                        offset: self.layout.lr,
+                    },
+                    1,
+                );
+                let grad = self.operand(ins[0], false);
+                let g = self.group.as_mut().expect("open group");
+                let (ws, vs, ls) = (g.slot(wb, len), g.slot(vb, len), g.slot(lrb, 1));
+                let gr = &mut g.graph;
+                let (w, v, lr) = (gr.load(ws), gr.load(vs), gr.chan_load(ls));
+                // g' = grad + wd·w; v' = μ·v + g'; w' = w − (lr·lr_mult)·v'
+                let wd = gr.constant(*weight_decay);
+                let decay = gr.mul(wd, w);
+                let g2 = gr.add(grad, decay);
+                let mu = gr.constant(*momentum);
+                let mv = gr.mul(mu, v);
+                let v2 = gr.add(mv, g2);
+                let mult = gr.constant(*lr_mult);
+                let lr_eff = gr.mul(lr, mult);
+                let step = gr.mul(lr_eff, v2);
+                let w2 = gr.sub(w, step);
+                g.in_place.push((ws.0 as usize, w2));
+                g.in_place.push((vs.0 as usize, v2));
+                w2
+            }
+            Op::BnRunningUpdate {
+                running,
+                momentum,
+                unbiased,
+            } => {
+                let (off, len) = self.layout.params[running.index()];
+                let rb = self.buffer(
+                    &self.g.param(*running).name.clone(),
+                    BufKind::State { offset: off },
+                    len,
+                );
+                let src = self.g.node(ins[0]);
+                let m = self.n * self.g.node(src.inputs[0]).ty.elems_per_item() / src.ty.dims[0];
+                let corr = if *unbiased && m > 1 {
+                    m as f64 / (m - 1) as f64
+                } else {
+                    1.0
+                };
+                let s = self.operand(ins[0], false);
+                let g = self.group.as_mut().expect("open group");
+                let rs = g.slot(rb, len);
+                let gr = &mut g.graph;
+                let r = gr.load(rs);
+                // r' = (1 − m)·r + m·(s·corr)
+                let keep = gr.constant(1.0 - *momentum);
+                let kr = gr.mul(keep, r);
+                let c = gr.constant(corr as f32);
+                let sc = gr.mul(s, c);
+                let mo = gr.constant(*momentum);
+                let ms = gr.mul(mo, sc);
+                let r2 = gr.add(kr, ms);
+                g.in_place.push((rs.0 as usize, r2));
+                r2
+            }
+            _ => unreachable!("fusable() lists the ops handled here"),
+        };
+        let g = self.group.as_mut().expect("open group");
+        g.members.push(id);
+        g.expr.insert(id, e);
+        Ok(())
+    }
+
+    fn gr(&mut self) -> &mut ExprGraph {
+        &mut self.group.as_mut().expect("open group").graph
+    }
+
+    /// Closes the open run: one kernel writing every member that is read
+    /// outside the run (or is a graph output), plus in-place state updates.
+    fn flush(&mut self) -> Result<(), CodegenError> {
+        let Some(mut g) = self.group.take() else {
+            return Ok(());
+        };
+        let mut outputs: Vec<(BufId, ExprId)> = g
+            .in_place
+            .iter()
+            .map(|&(s, e)| (BufId(s as u32), e))
+            .collect();
+        for m in g.members.clone() {
+            let node = self.g.node(m);
+            if node.op.is_effect() {
+                continue;
+            }
+            let needed = self.outputs.contains(&m)
+                || self.users[m.index()].iter().any(|u| !g.members.contains(u));
+            if needed {
+                let b = self.temp(&node.name.clone(), g.dims.len());
+                let slot = g.slot(b, g.dims.len());
+                outputs.push((slot, g.expr[&m]));
+                self.value[m.index()] = Some(b);
+            }
+        }
+        if outputs.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = g
+            .members
+            .iter()
+            .map(|&m| self.g.node(m).name.clone())
+            .collect();
+        let func = self.kernels.len();
+        let mut k = ElementwiseKernel::new(&format!("k{func}"), &names.join(" "), g.dims, g.graph);
+        for (slot, e) in outputs {
+            k = k.output(slot, e);
+        }
+        self.kernels.push(KernelDef::Elementwise(k));
+        let args = g.args.iter().map(|(b, _)| *b).collect();
+        self.launch(
+            LaunchKind::Elementwise { func, dims: g.dims },
+            args,
+            &g.members,
+        );
+        Ok(())
+    }
+
+    /// A per-channel statistic as a Cranelift reduction over `(N, H·W)`.
+    fn reduction(&mut self, id: NodeId) -> Result<(), CodegenError> {
+        let node = self.g.node(id).clone();
+        let ins = &node.inputs;
+        let dims = dims_of(self.ty(ins[0]), self.n);
+        let count = (dims.outer * dims.inner) as f64;
+        let mut gr = ExprGraph::new();
+        let mut args: Vec<BufRef> = Vec::new();
+        let mut slot = |b: BufRef| -> BufId {
+            if let Some(i) = args.iter().position(|&a| a == b) {
+                return BufId(i as u32);
+            }
+            args.push(b);
+            BufId(args.len() as u32 - 1)
+        };
+        let (value, scale) = match &node.op {
+            Op::BnMean { .. } => (gr.load(slot(self.buf(ins[0]))), 1.0 / count),
+            Op::BnVar { .. } => {
+                let x = gr.load(slot(self.buf(ins[0])));
+                let m = gr.chan_load(slot(self.buf(ins[1])));
+                let d = gr.sub(x, m);
+                (gr.mul(d, d), 1.0 / count)
+            }
+            Op::BiasGrad => (gr.load(slot(self.buf(ins[0]))), 1.0),
+            Op::BnGradGamma { eps } => {
+                let dy = gr.load(slot(self.buf(ins[0])));
+                let xhat = xhat(
+                    &mut gr,
+                    &mut slot,
+                    [self.buf(ins[1]), self.buf(ins[2]), self.buf(ins[3])],
+                    *eps,
+                );
+                (gr.mul(dy, xhat), 1.0)
+            }
+            _ => unreachable!("reduction ops only"),
+        };
+        let out = self.temp(&node.name, dims.chans);
+        let o = slot(out);
+        let func = self.kernels.len();
+        let k = ReduceKernel::new(&format!("k{func}"), &node.name, dims, gr).sum(o, value, scale);
+        self.kernels.push(KernelDef::Reduce(k));
+        self.launch(LaunchKind::Reduce { func, dims }, args, &[id]);
+        self.value[id.index()] = Some(out);
+        Ok(())
+    }
+
+    /// dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂)): one reduction for the two
+    /// means, then an elementwise node that may fuse with what follows.
+    fn bn_grad_input(&mut self, id: NodeId, eps: f32) -> Result<(), CodegenError> {
+        let node = self.g.node(id).clone();
+        let ins = &node.inputs;
+        let dims = dims_of(self.ty(ins[0]), self.n);
+        let count = (dims.outer * dims.inner) as f64;
+        let stats = [self.buf(ins[1]), self.buf(ins[2]), self.buf(ins[3])];
+        let (dyb, gamma) = (self.buf(ins[0]), self.buf(ins[4]));
+        let mut gr = ExprGraph::new();
+        let mut args: Vec<BufRef> = Vec::new();
+        let mut slot = |b: BufRef| -> BufId {
+            if let Some(i) = args.iter().position(|&a| a == b) {
+                return BufId(i as u32);
+            }
+            args.push(b);
+            BufId(args.len() as u32 - 1)
+        };
+        let dy = gr.load(slot(dyb));
+        let xh = xhat(&mut gr, &mut slot, stats, eps);
+        let dyx = gr.mul(dy, xh);
+        let mean_dy = self.temp(&format!("{}.mean_dy", node.name), dims.chans);
+        let mean_dyx = self.temp(&format!("{}.mean_dy_xhat", node.name), dims.chans);
+        let (s1, s2) = (slot(mean_dy), slot(mean_dyx));
+        let func = self.kernels.len();
+        let k = ReduceKernel::new(
+            &format!("k{func}"),
+            &format!("{} (sums)", node.name),
+            dims,
+            gr,
+        )
+        .sum(s1, dy, 1.0 / count)
+        .sum(s2, dyx, 1.0 / count);
+        self.kernels.push(KernelDef::Reduce(k));
+        self.launch(LaunchKind::Reduce { func, dims }, args, &[id]);
+
+        // The elementwise half, as a fused node.
+        self.group = Some(Group {
+            dims,
+            graph: ExprGraph::new(),
+            members: Vec::new(),
+            expr: HashMap::new(),
+            args: Vec::new(),
+            loads: HashMap::new(),
+            in_place: Vec::new(),
+        });
+        let g = self.group.as_mut().expect("just opened");
+        let len = dims.len();
+        let (dys, xs) = (g.slot(dyb, len), g.slot(stats[0], len));
+        let (ms, vs, gs) = (
+            g.slot(stats[1], dims.chans),
+            g.slot(stats[2], dims.chans),
+            g.slot(gamma, dims.chans),
+        );
+        let (s1, s2) = (g.slot(mean_dy, dims.chans), g.slot(mean_dyx, dims.chans));
+        let gr = &mut g.graph;
+        let dy = gr.load(dys);
+        let x = gr.load(xs);
+        let (m, v, ga) = (gr.chan_load(ms), gr.chan_load(vs), gr.chan_load(gs));
+        let (mdy, mdyx) = (gr.chan_load(s1), gr.chan_load(s2));
+        let e = gr.constant(eps);
+        let ve = gr.add(v, e);
+        let sd = gr.sqrt(ve);
+        let one = gr.constant(1.0);
+        let inv = gr.div(one, sd);
+        let c = gr.sub(x, m);
+        let xh = gr.mul(c, inv);
+        let t1 = gr.sub(dy, mdy);
+        let t2 = gr.mul(xh, mdyx);
+        let t3 = gr.sub(t1, t2);
+        let gi = gr.mul(ga, inv);
+        let dx = gr.mul(gi, t3);
+        g.members.push(id);
+        g.expr.insert(id, dx);
+        Ok(())
+    }
+}
+
+/// x̂ = (x − mean) · (1 / sqrt(var + eps)), as the interpreter computes it.
+fn xhat(
+    gr: &mut ExprGraph,
+    slot: &mut dyn FnMut(BufRef) -> BufId,
+    [x, mean, var]: [BufRef; 3],
+    eps: f32,
+) -> ExprId {
+    let x = gr.load(slot(x));
+    let m = gr.chan_load(slot(mean));
+    let v = gr.chan_load(slot(var));
+    let e = gr.constant(eps);
+    let ve = gr.add(v, e);
+    let sd = gr.sqrt(ve);
+    let one = gr.constant(1.0);
+    let inv = gr.div(one, sd);
+    let c = gr.sub(x, m);
+    gr.mul(c, inv)
+}
+
+fn conv_geom(x: Nchw, a: &dropjit_graph::op::Conv2dAttrs) -> ConvGeom {
+    ConvGeom::new(
+        x.c,
+        x.h,
+        x.w,
+        a.kernel,
+        a.kernel,
+        (a.stride, a.stride),
+        (a.padding, a.padding),
+    )
+}

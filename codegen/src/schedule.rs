@@ -1,0 +1,146 @@
+//! The lowered program: buffers and the launches that read and write them, in
+//! execution order. Printable (`--emit plan`), checked before it runs.
+
+use std::fmt::Write;
+
+use crate::kernels::expr::Dims;
+use crate::kernels::gemm::{ConvGeom, GemmDesc};
+use crate::special::SpecialOp;
+
+/// Index into [`Schedule::buffers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufRef(pub u32);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BufKind {
+    /// A value of one step, placed in the arena by the memory plan.
+    Temp,
+    /// A slice of the persistent state (parameters, momentum, the lr slot).
+    State { offset: usize },
+    /// The image batch, bound at run time.
+    Image,
+    /// The label batch (as f32 bit patterns of u32), bound at run time.
+    Labels,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Buffer {
+    pub name: String,
+    pub kind: BufKind,
+    pub elems: usize,
+    /// Kept to the end of the step (outputs the runtime reads).
+    pub pinned: bool,
+    /// Arena offset in f32 elements, set by the memory plan.
+    pub offset: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum LaunchKind {
+    /// A JIT elementwise kernel over `dims`, split by the outer dimension.
+    Elementwise {
+        func: usize,
+        dims: Dims,
+    },
+    /// A JIT per-channel reduction, split by channel.
+    Reduce {
+        func: usize,
+        dims: Dims,
+    },
+    /// `C = alpha·A·B + beta·C` (batched, strided) through matrixmultiply.
+    Gemm(GemmDesc),
+    Im2col {
+        geom: ConvGeom,
+        images: usize,
+    },
+    /// Zeroes the output, then accumulates the columns into it.
+    Col2im {
+        geom: ConvGeom,
+        images: usize,
+    },
+    Special(SpecialOp),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Launch {
+    pub kind: LaunchKind,
+    /// Buffers in the kernel's argument order (for GEMM: A, B, C; for
+    /// im2col: x, col; for col2im: col, dx; special: inputs then output).
+    pub args: Vec<BufRef>,
+    /// Graph nodes this launch implements.
+    pub nodes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Schedule {
+    pub buffers: Vec<Buffer>,
+    pub launches: Vec<Launch>,
+    /// Arena size in f32 elements after planning.
+    pub arena_elems: usize,
+    /// What the arena would need without reuse.
+    pub unshared_elems: usize,
+}
+
+impl Schedule {
+    pub fn buffer(&self, b: BufRef) -> &Buffer {
+        &self.buffers[b.0 as usize]
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "arena: {} bytes peak ({} bytes without reuse), {} buffers, {} launches",
+            self.arena_elems * 4,
+            self.unshared_elems * 4,
+            self.buffers.len(),
+            self.launches.len()
+        );
+        for (i, b) in self.buffers.iter().enumerate() {
+            let place = match b.kind {
+                BufKind::Temp => format!("arena+{}", b.offset * 4),
+                BufKind::State { offset } => format!("state+{}", offset * 4),
+                BufKind::Image => "image".into(),
+                BufKind::Labels => "labels".into(),
+            };
+            let _ = writeln!(s, "  b{i:<4} {:>10} B  {place:<16} {}", b.elems * 4, b.name);
+        }
+        for (i, l) in self.launches.iter().enumerate() {
+            let args: Vec<String> = l.args.iter().map(|b| format!("b{}", b.0)).collect();
+            let what = match &l.kind {
+                LaunchKind::Elementwise { func, dims } => {
+                    format!(
+                        "elementwise k{func} [{}x{}x{}]",
+                        dims.outer, dims.chans, dims.inner
+                    )
+                }
+                LaunchKind::Reduce { func, dims } => {
+                    format!(
+                        "reduce k{func} [{}x{}x{}]",
+                        dims.outer, dims.chans, dims.inner
+                    )
+                }
+                LaunchKind::Gemm(d) => format!("sgemm {}x{}x{} batch {}", d.m, d.k, d.n, d.batch),
+                LaunchKind::Im2col { geom, images } => {
+                    format!(
+                        "im2col {}x{}x{} k{} x{images}",
+                        geom.c, geom.h, geom.w, geom.kh
+                    )
+                }
+                LaunchKind::Col2im { geom, images } => {
+                    format!(
+                        "col2im {}x{}x{} k{} x{images}",
+                        geom.c, geom.h, geom.w, geom.kh
+                    )
+                }
+                LaunchKind::Special(op) => op.name().to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "{i:>4}: {what} ({})  ; {}",
+                args.join(", "),
+                l.nodes.join(" ")
+            );
+        }
+        s
+    }
+}
