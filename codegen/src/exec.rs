@@ -30,6 +30,8 @@ pub struct CompiledGraph {
     pub compile_ms: f64,
     /// CLIF text of each kernel (when asked for at compile time).
     pub clif: Vec<String>,
+    /// Seconds spent in each launch, when profiling is on.
+    profile: Option<Vec<f64>>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -80,7 +82,31 @@ pub fn compile(
         batch,
         compile_ms: t0.elapsed().as_secs_f64() * 1e3,
         clif,
+        profile: None,
     })
+}
+
+/// The CLIF of every kernel of `g`, built for a fixed x86-64 target (not the
+/// host), so the text is the same on every machine: for `--emit clif` and the
+/// snapshot tests. Each function starts with a comment naming its graph nodes.
+pub fn clif_text(g: &Graph, batch: usize, layout: &StateLayout) -> Result<String, CodegenError> {
+    let lowered = lower(g, batch, layout)?;
+    let isa = crate::kernels::jit::fixed_isa()?;
+    let mut out = String::new();
+    for k in &lowered.kernels {
+        out.push_str(&crate::kernels::jit::kernel_clif(spec(k), &*isa, ClifStage::Built)?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The schedule and memory plan of `g` at `batch`, as `--emit plan` prints it.
+pub fn plan_text(g: &Graph, batch: usize, layout: &StateLayout) -> Result<String, CodegenError> {
+    let lowered = lower(g, batch, layout)?;
+    let mut schedule = lowered.schedule;
+    plan_memory(&mut schedule)?;
+    verify(&schedule, &lowered.kernels, layout)?;
+    Ok(schedule.text())
 }
 
 fn spec(k: &KernelDef) -> &dyn KernelSpec {
@@ -274,7 +300,9 @@ impl CompiledGraph {
             }
         };
         let threads = threads.max(1);
-        for l in &self.schedule.launches {
+        let profile = self.profile.is_some();
+        for (li, l) in self.schedule.launches.iter().enumerate() {
+            let t0 = profile.then(Instant::now);
             let ptrs: Vec<*mut f32> = l.args.iter().map(|&b| resolve(b)).collect();
             // SAFETY: every extent was verified at compile time; buffers live
             // together never overlap; the batch inputs are only read.
@@ -314,6 +342,9 @@ impl CompiledGraph {
                     }
                 }
             }
+            if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
+                p[li] += t0.elapsed().as_secs_f64();
+            }
         }
         Ok(())
     }
@@ -325,6 +356,31 @@ impl CompiledGraph {
         let arena = self.arena.as_ptr() as *const f32;
         // SAFETY: outputs are pinned arena buffers inside the verified arena.
         Some(unsafe { std::slice::from_raw_parts(arena.add(buf.offset), buf.elems) })
+    }
+
+    /// Starts timing every launch (a little overhead per launch).
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(vec![0.0; self.schedule.launches.len()]);
+    }
+
+    /// Seconds per launch kind (`sgemm`, `im2col`, `elementwise`, ...), largest first.
+    pub fn profile_by_kind(&self) -> Vec<(String, f64)> {
+        let Some(p) = &self.profile else { return Vec::new() };
+        let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+        for (l, t) in self.schedule.launches.iter().zip(p) {
+            let k = match &l.kind {
+                LaunchKind::Elementwise { .. } => "elementwise".to_string(),
+                LaunchKind::Reduce { .. } => "reduce".to_string(),
+                LaunchKind::Gemm(_) => "sgemm".to_string(),
+                LaunchKind::Im2col { .. } => "im2col".to_string(),
+                LaunchKind::Col2im { .. } => "col2im".to_string(),
+                LaunchKind::Special(op) => op.name().to_string(),
+            };
+            *by.entry(k).or_default() += t;
+        }
+        let mut v: Vec<(String, f64)> = by.into_iter().collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
     }
 
     pub fn arena_bytes(&self) -> usize {

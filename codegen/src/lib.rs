@@ -10,7 +10,7 @@ pub mod lower;
 pub mod schedule;
 pub mod special;
 
-pub use exec::{compile, CompileOptions, CompiledGraph};
+pub use exec::{clif_text, compile, plan_text, CompileOptions, CompiledGraph};
 pub use layout::{step_keys, StateLayout};
 
 #[derive(Debug, thiserror::Error)]

@@ -60,6 +60,20 @@ impl JitEngine {
         Ok(&self.steps[&batch])
     }
 
+    /// The compiled evaluation pass for `batch` images (compiled on first use).
+    pub fn eval_program(&mut self, batch: usize) -> Result<&CompiledGraph, EngineError> {
+        if !self.evals.contains_key(&batch) {
+            let c = compile(&self.eval_graph, batch, &self.layout, CompileOptions::default()).map_err(codegen)?;
+            self.evals.insert(batch, c);
+        }
+        Ok(&self.evals[&batch])
+    }
+
+    /// Mutable access to a compiled step, e.g. to switch on profiling.
+    pub fn step_program_mut(&mut self, batch: usize) -> Option<&mut CompiledGraph> {
+        self.steps.get_mut(&batch)
+    }
+
     fn batch_of(&self, images: &[f32], labels: &[u32]) -> Result<usize, EngineError> {
         let per: usize = self.forward.image_dims().map_or(0, |d| d.iter().product());
         if labels.is_empty() || images.len() != labels.len() * per {

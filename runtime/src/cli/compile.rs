@@ -19,6 +19,14 @@ pub enum Emit {
     Step,
     /// The evaluation graph: no dropout, BatchNorm on running statistics.
     Eval,
+    /// The training step's launches, fusion groups and arena plan.
+    Plan,
+    /// The evaluation pass's launches and arena plan.
+    EvalPlan,
+    /// Cranelift IR of every kernel of the training step (fixed x86-64 target).
+    Clif,
+    /// Cranelift IR of every kernel of the evaluation pass.
+    EvalClif,
 }
 
 #[derive(Args, Debug)]
@@ -30,6 +38,9 @@ pub struct CompileArgs {
     pub emit: Emit,
     #[command(flatten)]
     pub dropout: DropoutArgs,
+    /// Batch size the plan and kernels are built for (default: the recipe's).
+    #[arg(long)]
+    pub batch: Option<usize>,
 }
 
 pub fn run(args: &CompileArgs) -> Result<ExitCode, CliError> {
@@ -46,6 +57,23 @@ pub fn run(args: &CompileArgs) -> Result<ExitCode, CliError> {
             dropjit_graph::print::graph_text(&s)
         }
         Emit::Eval => dropjit_graph::print::graph_text(&dropjit_graph::eval::evaluation(&g)?),
+        Emit::Plan | Emit::EvalPlan | Emit::Clif | Emit::EvalClif => {
+            let batch = args.batch.unwrap_or(g.recipe.batch_size);
+            if batch == 0 {
+                return Err("--batch must be at least 1".into());
+            }
+            let layout = dropjit_codegen::StateLayout::new(&g);
+            let target = if matches!(args.emit, Emit::Plan | Emit::Clif) {
+                training_step(&g, &args.dropout.config()?, &SgdConfig::from_recipe(&g))?
+            } else {
+                dropjit_graph::eval::evaluation(&g)?
+            };
+            if matches!(args.emit, Emit::Plan | Emit::EvalPlan) {
+                dropjit_codegen::plan_text(&target, batch, &layout)?
+            } else {
+                dropjit_codegen::clif_text(&target, batch, &layout)?
+            }
+        }
     };
     print!("{text}");
     Ok(ExitCode::SUCCESS)

@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod bench;
 mod compile;
 mod dropout_args;
 mod eval;
@@ -44,6 +45,8 @@ pub enum Command {
     Train(Box<train::TrainArgs>),
     /// Test accuracy, loss and per-class accuracy of a weights file.
     Eval(eval::EvalArgs),
+    /// Time the JIT-compiled training (or evaluation) step.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -81,5 +84,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Init(args) => grad::run_init(&args),
         Command::Train(args) => train::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }

@@ -131,7 +131,7 @@ pub struct TrainArgs {
 }
 
 /// Default engine of `train` and `eval`; becomes `Jit` once the JIT is wired in.
-pub const DEFAULT_ENGINE: EngineKind = EngineKind::Interp;
+pub const DEFAULT_ENGINE: EngineKind = EngineKind::Jit;
 
 pub fn run(args: &TrainArgs) -> Result<ExitCode, CliError> {
     match &args.resume {

@@ -1,0 +1,112 @@
+//! `dropjit bench`: compile time, milliseconds per step and images per second
+//! of the JIT-compiled training (or evaluation) step on a random batch.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Args;
+use dropjit_graph::gradcheck::random_batch;
+use dropjit_graph::init::init_params;
+use dropjit_graph::step::SgdConfig;
+
+use super::dropout_args::DropoutArgs;
+use super::{CliError, GraphArgs};
+use crate::engine::{Engine, EngineSpec};
+use crate::jit_engine::JitEngine;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub graph: GraphArgs,
+    /// Images per step (default: the recipe's batch size).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Timed steps after two warm-up steps.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    #[command(flatten)]
+    pub dropout: DropoutArgs,
+    /// Time the evaluation step instead of the training step.
+    #[arg(long)]
+    pub eval: bool,
+    /// Also print where the time goes, by launch kind.
+    #[arg(long)]
+    pub profile: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &BenchArgs) -> Result<ExitCode, CliError> {
+    let g = args.graph.load()?;
+    let dropout = args.dropout.config()?;
+    let batch = args.batch.unwrap_or(g.recipe.batch_size);
+    if batch == 0 || args.steps == 0 || args.threads == 0 {
+        return Err("--batch, --steps and --threads must be at least 1".into());
+    }
+    let spec = EngineSpec {
+        graph: &g,
+        dropout,
+        sgd: SgdConfig::from_recipe(&g),
+        seed: 0,
+        threads: args.threads,
+        params: init_params(&g, 0),
+    };
+    let mut engine = JitEngine::new(spec)?;
+    let t = Instant::now();
+    let compiled = if args.eval { engine.eval_program(batch)? } else { engine.step_program(batch)? };
+    let (arena_bytes, kernels) = (compiled.arena_bytes(), compiled.kernel_count());
+    let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+    if args.profile && !args.eval {
+        engine.step_program_mut(batch).expect("compiled above").enable_profile();
+    }
+    let (images, labels) = random_batch(&g, batch, 1);
+    let images: Vec<f32> = images.iter().map(|&v| v as f32).collect();
+    // Caffe-like small learning rate keeps the random-data run finite.
+    let lr = 1e-4;
+    let mut times = Vec::with_capacity(args.steps);
+    for i in 0..args.steps + 2 {
+        let t = Instant::now();
+        if args.eval {
+            engine.eval_batch(&images, &labels)?;
+        } else {
+            engine.train_step(&images, &labels, i as u64, lr)?;
+        }
+        if i >= 2 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let (min, max) = (times[0], times[times.len() - 1]);
+    let ips = batch as f64 / (median / 1e3);
+    let what = if args.eval { "eval" } else { "train" };
+    if args.json {
+        let obj = serde_json::json!({
+            "model": g.name, "mode": what, "dropout": dropout.describe(), "batch": batch,
+            "threads": args.threads, "steps": args.steps, "images_per_second": ips,
+            "step_ms_median": median, "step_ms_min": min, "step_ms_max": max,
+            "compile_ms": compile_ms, "arena_bytes": arena_bytes, "kernels": kernels,
+        });
+        println!("{obj}");
+    } else {
+        println!(
+            "{} {what} {} batch {batch} threads {}: {median:.2} ms/step (range {min:.2}-{max:.2} over {} steps), {ips:.0} images/s; compile {compile_ms:.1} ms ({kernels} kernels), arena {:.1} MiB",
+            g.name,
+            dropout.describe(),
+            args.threads,
+            args.steps,
+            arena_bytes as f64 / (1 << 20) as f64
+        );
+    }
+    if args.profile && !args.eval {
+        let c = engine.step_program_mut(batch).expect("compiled above");
+        let runs = (args.steps + 2) as f64;
+        for (kind, secs) in c.profile_by_kind() {
+            println!("  {kind:<28} {:>8.2} ms/step", secs * 1e3 / runs);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,60 @@
+//! Snapshots of what the code generator emits: the fusion and memory plan of
+//! both models, and the Cranelift IR of a small graph's training step and
+//! evaluation pass, built for a fixed x86-64 target so the text does not
+//! depend on the host. Fusion decisions are asserted, not only snapshotted.
+
+use dropjit_codegen::{clif_text, plan_text, StateLayout};
+use dropjit_graph::dropout::DropoutConfig;
+use dropjit_graph::eval::evaluation;
+use dropjit_graph::step::{training_step, SgdConfig};
+use dropjit_graph::{DropoutMode, Graph, LoadOptions};
+use dropjit_tests::repo_root;
+
+fn model(path: &str) -> Graph {
+    dropjit_graph::load(&repo_root().join(path), LoadOptions::default()).expect("model loads")
+}
+
+const AUGMENTED: DropoutConfig = DropoutConfig {
+    mode: DropoutMode::Augmented,
+    fwd: 0.2,
+    bwd: 0.0001,
+};
+
+fn step(g: &Graph) -> Graph {
+    training_step(g, &AUGMENTED, &SgdConfig::from_recipe(g)).expect("step graph")
+}
+
+#[test]
+fn plans_of_both_models() {
+    for name in ["convnet_quick", "resnet20"] {
+        let g = model(&format!("models/{name}.json"));
+        let plan = plan_text(&step(&g), 8, &StateLayout::new(&g)).expect("plan");
+        insta::assert_snapshot!(format!("{name}_step_plan"), plan);
+        // BatchNorm-apply, ReLU and the forward mask run as one loop.
+        if name == "resnet20" {
+            assert!(plan.contains("; layer1.0.bn1 layer1.0.relu1 layer1.0.drop\n"), "{plan}");
+            // Mask and ReLU gradient fuse in the backward pass.
+            assert!(plan.contains("layer1.0.drop.grad_input layer1.0.relu1.grad_input"), "{plan}");
+        } else {
+            assert!(plan.contains("; relu1 drop1\n"), "{plan}");
+        }
+    }
+}
+
+#[test]
+fn clif_of_a_small_graph() {
+    let g = model("tests/fixtures/conv_bn_drop_linear.json");
+    let layout = StateLayout::new(&g);
+    let step_clif = clif_text(&step(&g), 2, &layout).expect("step CLIF");
+    insta::assert_snapshot!("small_step_clif", step_clif);
+    let eval_clif = clif_text(&evaluation(&g).expect("eval"), 2, &layout).expect("eval CLIF");
+    insta::assert_snapshot!("small_eval_clif", eval_clif);
+    // Every function says which graph nodes it implements.
+    for text in [&step_clif, &eval_clif] {
+        for func in text.split("\nfunction ").skip(1) {
+            assert!(!func.is_empty());
+        }
+        assert!(text.starts_with("; "), "{text}");
+    }
+    assert!(step_clif.contains("; bn relu drop"), "{step_clif}");
+}
