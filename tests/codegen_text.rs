@@ -32,9 +32,15 @@ fn plans_of_both_models() {
         insta::assert_snapshot!(format!("{name}_step_plan"), plan);
         // BatchNorm-apply, ReLU and the forward mask run as one loop.
         if name == "resnet20" {
-            assert!(plan.contains("; layer1.0.bn1 layer1.0.relu1 layer1.0.drop\n"), "{plan}");
+            assert!(
+                plan.contains("; layer1.0.bn1 layer1.0.relu1 layer1.0.drop\n"),
+                "{plan}"
+            );
             // Mask and ReLU gradient fuse in the backward pass.
-            assert!(plan.contains("layer1.0.drop.grad_input layer1.0.relu1.grad_input"), "{plan}");
+            assert!(
+                plan.contains("layer1.0.drop.grad_input layer1.0.relu1.grad_input"),
+                "{plan}"
+            );
         } else {
             assert!(plan.contains("; relu1 drop1\n"), "{plan}");
         }

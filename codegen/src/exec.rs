@@ -7,12 +7,12 @@ use dropjit_graph::Graph;
 
 use crate::arena::{self, Lifetime};
 use crate::kernels::expr::Node as ExprNode;
-use crate::kernels::gemm::{dropjit_col2im, dropjit_im2col, dropjit_sgemm, GemmDesc};
+use crate::kernels::gemm::{col2im_image, dropjit_sgemm, im2col_image, ConvGeom, GemmDesc};
 use crate::kernels::jit::{ClifStage, CompiledModule, KernelFn, KernelModule, KernelSpec};
 use crate::kernels::parallel::global_pool;
 use crate::layout::StateLayout;
 use crate::lower::{lower, KernelDef};
-use crate::schedule::{BufKind, BufRef, LaunchKind, Schedule};
+use crate::schedule::{BufKind, BufRef, ConvPass, LaunchKind, Schedule};
 use crate::CodegenError;
 
 /// 64-byte aligned storage for the arena.
@@ -94,7 +94,11 @@ pub fn clif_text(g: &Graph, batch: usize, layout: &StateLayout) -> Result<String
     let isa = crate::kernels::jit::fixed_isa()?;
     let mut out = String::new();
     for k in &lowered.kernels {
-        out.push_str(&crate::kernels::jit::kernel_clif(spec(k), &*isa, ClifStage::Built)?);
+        out.push_str(&crate::kernels::jit::kernel_clif(
+            spec(k),
+            &*isa,
+            ClifStage::Built,
+        )?);
         out.push('\n');
     }
     Ok(out)
@@ -211,19 +215,25 @@ fn verify(s: &Schedule, kernels: &[KernelDef], layout: &StateLayout) -> Result<(
                 need = (0..3).map(|w| gemm_extent(d, w)).collect();
                 written.push(2);
             }
-            LaunchKind::Im2col { geom, images } => {
-                need = vec![
+            LaunchKind::Conv {
+                pass,
+                geom,
+                images,
+                out_channels,
+                parts,
+            } => {
+                let (x, y) = (
                     images * geom.image_len(),
-                    images * geom.col_rows() * geom.col_cols(),
-                ];
-                written.push(1);
-            }
-            LaunchKind::Col2im { geom, images } => {
-                need = vec![
-                    images * geom.col_rows() * geom.col_cols(),
-                    images * geom.image_len(),
-                ];
-                written.push(1);
+                    images * out_channels * geom.col_cols(),
+                );
+                let w = out_channels * geom.col_rows();
+                need = match pass {
+                    ConvPass::Forward => vec![x, w, y],
+                    ConvPass::GradInput => vec![y, w, x],
+                    ConvPass::GradWeight => vec![y, x, w],
+                };
+                need.push(pass.scratch(geom, *out_channels, *parts));
+                written.extend([2, 3]);
             }
             LaunchKind::Special(op) => {
                 let (ins, out) = op.extents();
@@ -256,6 +266,89 @@ fn verify(s: &Schedule, kernels: &[KernelDef], layout: &StateLayout) -> Result<(
         }
     }
     Ok(())
+}
+
+/// One convolution pass, chunk by chunk (see [`LaunchKind::Conv`]).
+///
+/// # Safety
+/// `ptrs` = the launch's four buffers with the extents checked by `verify`.
+unsafe fn conv_pass(
+    pass: ConvPass,
+    g: &ConvGeom,
+    images: usize,
+    co: usize,
+    parts: usize,
+    ptrs: &[*mut f32],
+    threads: usize,
+) {
+    let (kk, hw) = (g.col_rows(), g.col_cols());
+    let p: Vec<usize> = ptrs.iter().map(|&q| q as usize).collect();
+    let run = |chunk: usize| {
+        let col = (p[3] as *mut f32).add(chunk * kk * hw);
+        let first = images * chunk / parts;
+        for n in first..images * (chunk + 1) / parts {
+            match pass {
+                ConvPass::Forward => {
+                    im2col_image(g, (p[0] as *const f32).add(n * g.image_len()), col);
+                    let d = GemmDesc::row_major(co, kk, hw, 1.0, 0.0);
+                    dropjit_sgemm(
+                        &d,
+                        p[1] as *const f32,
+                        col,
+                        (p[2] as *mut f32).add(n * co * hw),
+                        1,
+                    );
+                }
+                ConvPass::GradInput => {
+                    // dcol = Wᵀ · dy_n
+                    let mut d = GemmDesc::row_major(kk, co, hw, 1.0, 0.0);
+                    d.rsa = 1;
+                    d.csa = kk as isize;
+                    dropjit_sgemm(
+                        &d,
+                        p[1] as *const f32,
+                        (p[0] as *const f32).add(n * co * hw),
+                        col,
+                        1,
+                    );
+                    let dx = (p[2] as *mut f32).add(n * g.image_len());
+                    std::ptr::write_bytes(dx, 0, g.image_len());
+                    col2im_image(g, col, dx);
+                }
+                ConvPass::GradWeight => {
+                    im2col_image(g, (p[1] as *const f32).add(n * g.image_len()), col);
+                    let acc = if chunk == 0 {
+                        p[2] as *mut f32
+                    } else {
+                        (p[3] as *mut f32).add(parts * kk * hw + (chunk - 1) * co * kk)
+                    };
+                    // acc[Co, K] (+)= dy_n[Co, HW] · colᵀ[HW, K]
+                    let mut d =
+                        GemmDesc::row_major(co, hw, kk, 1.0, if n == first { 0.0 } else { 1.0 });
+                    d.rsb = 1;
+                    d.csb = hw as isize;
+                    dropjit_sgemm(&d, (p[0] as *const f32).add(n * co * hw), col, acc, 1);
+                }
+            }
+        }
+    };
+    if threads > 1 && parts > 1 {
+        global_pool().parallel_for(parts, &run);
+    } else {
+        (0..parts).for_each(run);
+    }
+    if pass == ConvPass::GradWeight {
+        let dw = std::slice::from_raw_parts_mut(p[2] as *mut f32, co * kk);
+        for chunk in 1..parts {
+            let part = std::slice::from_raw_parts(
+                (p[3] as *const f32).add(parts * kk * hw + (chunk - 1) * co * kk),
+                co * kk,
+            );
+            for (x, y) in dw.iter_mut().zip(part) {
+                *x += y;
+            }
+        }
+    }
 }
 
 impl CompiledGraph {
@@ -323,13 +416,13 @@ impl CompiledGraph {
                         threads,
                     ),
                     LaunchKind::Gemm(d) => dropjit_sgemm(d, ptrs[0], ptrs[1], ptrs[2], threads),
-                    LaunchKind::Im2col { geom, images } => {
-                        dropjit_im2col(geom, ptrs[0], ptrs[1], *images, threads)
-                    }
-                    LaunchKind::Col2im { geom, images } => {
-                        std::ptr::write_bytes(ptrs[1], 0, images * geom.image_len());
-                        dropjit_col2im(geom, ptrs[0], ptrs[1], *images, threads)
-                    }
+                    LaunchKind::Conv {
+                        pass,
+                        geom,
+                        images,
+                        out_channels,
+                        parts,
+                    } => conv_pass(*pass, geom, *images, *out_channels, *parts, &ptrs, threads),
                     LaunchKind::Special(op) => {
                         let (ins, out) = op.extents();
                         let inputs: Vec<&[f32]> = ins
@@ -363,17 +456,39 @@ impl CompiledGraph {
         self.profile = Some(vec![0.0; self.schedule.launches.len()]);
     }
 
+    /// Seconds per launch (with its schedule line), largest first.
+    pub fn profile_by_launch(&self) -> Vec<(String, f64)> {
+        let Some(p) = &self.profile else {
+            return Vec::new();
+        };
+        let lines: Vec<String> = self
+            .schedule
+            .text()
+            .lines()
+            .filter(|l| l.contains(": ") && !l.starts_with("arena"))
+            .map(str::to_string)
+            .collect();
+        let lines: Vec<String> = lines
+            .into_iter()
+            .filter(|l| !l.trim_start().starts_with('b'))
+            .collect();
+        let mut v: Vec<(String, f64)> = lines.into_iter().zip(p.iter().copied()).collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
+
     /// Seconds per launch kind (`sgemm`, `im2col`, `elementwise`, ...), largest first.
     pub fn profile_by_kind(&self) -> Vec<(String, f64)> {
-        let Some(p) = &self.profile else { return Vec::new() };
+        let Some(p) = &self.profile else {
+            return Vec::new();
+        };
         let mut by: std::collections::BTreeMap<String, f64> = Default::default();
         for (l, t) in self.schedule.launches.iter().zip(p) {
             let k = match &l.kind {
                 LaunchKind::Elementwise { .. } => "elementwise".to_string(),
                 LaunchKind::Reduce { .. } => "reduce".to_string(),
                 LaunchKind::Gemm(_) => "sgemm".to_string(),
-                LaunchKind::Im2col { .. } => "im2col".to_string(),
-                LaunchKind::Col2im { .. } => "col2im".to_string(),
+                LaunchKind::Conv { pass, .. } => format!("conv {pass:?}"),
                 LaunchKind::Special(op) => op.name().to_string(),
             };
             *by.entry(k).or_default() += t;

@@ -22,9 +22,14 @@ use crate::kernels::expr::{BufId, Dims, ExprGraph, ExprId, KeySlot, MaskFactor};
 use crate::kernels::gemm::{ConvGeom, GemmDesc};
 use crate::kernels::reduce::ReduceKernel;
 use crate::layout::{key_slot, StateLayout};
-use crate::schedule::{BufKind, BufRef, Buffer, Launch, LaunchKind, Schedule};
+use crate::schedule::{BufKind, BufRef, Buffer, ConvPass, Launch, LaunchKind, Schedule};
 use crate::special::{Nchw, SpecialOp};
 use crate::CodegenError;
+
+/// Fixed number of batch chunks a convolution pass is cut into (one per core
+/// of the machines we target). Fixed, so the weight-gradient sums, and hence
+/// the bits, do not depend on the thread count.
+const CONV_PARTS: usize = 2;
 
 /// A JIT kernel to compile, in launch order of first use.
 pub enum KernelDef {
@@ -194,79 +199,23 @@ impl Lower<'_> {
             }
             Op::Conv2d(a) => {
                 let (x, y) = (self.nchw(ins[0]), self.nchw(id));
-                let geom = conv_geom(x, a);
-                let (kk, hw) = (geom.col_rows(), geom.col_cols());
-                let col = self.temp(&format!("{}.col", node.name), self.n * kk * hw);
                 let yb = self.temp(&node.name, out_elems);
-                self.launch(
-                    LaunchKind::Im2col {
-                        geom,
-                        images: self.n,
-                    },
-                    vec![self.buf(ins[0]), col],
-                    &[id],
-                );
-                // y_n[Co, HW] = W[Co, K] · col_n[K, HW]
-                let mut d = GemmDesc::row_major(y.c, kk, hw, 1.0, 0.0);
-                d.batch = self.n;
-                d.stride_a = 0;
-                d.stride_b = (kk * hw) as isize;
-                d.stride_c = (y.c * hw) as isize;
-                self.launch(LaunchKind::Gemm(d), vec![self.buf(ins[1]), col, yb], &[id]);
+                let args = [self.buf(ins[0]), self.buf(ins[1]), yb];
+                self.conv(id, ConvPass::Forward, conv_geom(x, a), y.c, args);
                 self.value[id.index()] = Some(yb);
             }
             Op::Conv2dGradInput { conv: a, .. } => {
                 let (dy, x) = (self.nchw(ins[0]), self.nchw(id));
-                let geom = conv_geom(x, a);
-                let (kk, hw) = (geom.col_rows(), geom.col_cols());
-                let dcol = self.temp(&format!("{}.dcol", node.name), self.n * kk * hw);
-                // dcol_n[K, HW] = Wᵀ[K, Co] · dy_n[Co, HW]
-                let mut d = GemmDesc::row_major(kk, dy.c, hw, 1.0, 0.0);
-                d.rsa = 1;
-                d.csa = kk as isize;
-                d.batch = self.n;
-                d.stride_a = 0;
-                d.stride_b = (dy.c * hw) as isize;
-                d.stride_c = (kk * hw) as isize;
-                self.launch(
-                    LaunchKind::Gemm(d),
-                    vec![self.buf(ins[1]), self.buf(ins[0]), dcol],
-                    &[id],
-                );
                 let dx = self.temp(&node.name, out_elems);
-                self.launch(
-                    LaunchKind::Col2im {
-                        geom,
-                        images: self.n,
-                    },
-                    vec![dcol, dx],
-                    &[id],
-                );
+                let args = [self.buf(ins[0]), self.buf(ins[1]), dx];
+                self.conv(id, ConvPass::GradInput, conv_geom(x, a), dy.c, args);
                 self.value[id.index()] = Some(dx);
             }
             Op::Conv2dGradWeight(a) => {
                 let (dy, x) = (self.nchw(ins[0]), self.nchw(ins[1]));
-                let geom = conv_geom(x, a);
-                let (kk, hw) = (geom.col_rows(), geom.col_cols());
-                let col = self.temp(&format!("{}.col", node.name), self.n * kk * hw);
-                self.launch(
-                    LaunchKind::Im2col {
-                        geom,
-                        images: self.n,
-                    },
-                    vec![self.buf(ins[1]), col],
-                    &[id],
-                );
-                // dW[Co, K] = Σ_n dy_n[Co, HW] · col_nᵀ[HW, K], accumulated image by image.
-                let mut d = GemmDesc::row_major(dy.c, hw, kk, 1.0, 0.0);
-                d.rsb = 1;
-                d.csb = hw as isize;
-                d.batch = self.n;
-                d.stride_a = (dy.c * hw) as isize;
-                d.stride_b = (kk * hw) as isize;
-                d.stride_c = 0;
                 let dw = self.temp(&node.name, out_elems);
-                self.launch(LaunchKind::Gemm(d), vec![self.buf(ins[0]), col, dw], &[id]);
+                let args = [self.buf(ins[0]), self.buf(ins[1]), dw];
+                self.conv(id, ConvPass::GradWeight, conv_geom(x, a), dy.c, args);
                 self.value[id.index()] = Some(dw);
             }
             Op::Linear => {
@@ -387,6 +336,29 @@ impl Lower<'_> {
             }
         }
         Ok(())
+    }
+
+    fn conv(
+        &mut self,
+        id: NodeId,
+        pass: ConvPass,
+        geom: ConvGeom,
+        out_channels: usize,
+        args: [BufRef; 3],
+    ) {
+        let parts = CONV_PARTS.min(self.n);
+        let scratch = self.temp(
+            &format!("{}.scratch", self.g.node(id).name),
+            pass.scratch(&geom, out_channels, parts),
+        );
+        let kind = LaunchKind::Conv {
+            pass,
+            geom,
+            images: self.n,
+            out_channels,
+            parts,
+        };
+        self.launch(kind, vec![args[0], args[1], args[2], scratch], &[id]);
     }
 
     fn special(&mut self, id: NodeId, op: SpecialOp, ins: &[NodeId]) {

@@ -48,23 +48,49 @@ pub enum LaunchKind {
     },
     /// `C = alpha·A·B + beta·C` (batched, strided) through matrixmultiply.
     Gemm(GemmDesc),
-    Im2col {
+    /// A whole convolution pass, image by image: each of `parts` fixed chunks
+    /// of the batch unfolds one image at a time into its own cache-sized
+    /// column buffer and multiplies it at once (arguments: see [`ConvPass`]).
+    Conv {
+        pass: ConvPass,
         geom: ConvGeom,
         images: usize,
-    },
-    /// Zeroes the output, then accumulates the columns into it.
-    Col2im {
-        geom: ConvGeom,
-        images: usize,
+        out_channels: usize,
+        parts: usize,
     },
     Special(SpecialOp),
+}
+
+/// Which product a [`LaunchKind::Conv`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPass {
+    /// `[x, w, y, scratch]`: `y_n = W · im2col(x_n)`.
+    Forward,
+    /// `[dy, w, dx, scratch]`: `dx_n = col2im(Wᵀ · dy_n)`.
+    GradInput,
+    /// `[dy, x, dw, scratch]`: `dW = Σ_n dy_n · im2col(x_n)ᵀ`, summed per chunk
+    /// and then across chunks in order.
+    GradWeight,
+}
+
+impl ConvPass {
+    /// Scratch elements: one column matrix per chunk, plus partial weight sums.
+    pub fn scratch(self, geom: &ConvGeom, out_channels: usize, parts: usize) -> usize {
+        let col = geom.col_rows() * geom.col_cols();
+        let partials = if self == ConvPass::GradWeight {
+            (parts - 1) * out_channels * geom.col_rows()
+        } else {
+            0
+        };
+        parts * col + partials
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Launch {
     pub kind: LaunchKind,
     /// Buffers in the kernel's argument order (for GEMM: A, B, C; for
-    /// im2col: x, col; for col2im: col, dx; special: inputs then output).
+    /// conv: see [`ConvPass`]; special: inputs then output).
     pub args: Vec<BufRef>,
     /// Graph nodes this launch implements.
     pub nodes: Vec<String>,
@@ -120,18 +146,16 @@ impl Schedule {
                     )
                 }
                 LaunchKind::Gemm(d) => format!("sgemm {}x{}x{} batch {}", d.m, d.k, d.n, d.batch),
-                LaunchKind::Im2col { geom, images } => {
-                    format!(
-                        "im2col {}x{}x{} k{} x{images}",
-                        geom.c, geom.h, geom.w, geom.kh
-                    )
-                }
-                LaunchKind::Col2im { geom, images } => {
-                    format!(
-                        "col2im {}x{}x{} k{} x{images}",
-                        geom.c, geom.h, geom.w, geom.kh
-                    )
-                }
+                LaunchKind::Conv {
+                    pass,
+                    geom,
+                    images,
+                    out_channels,
+                    parts,
+                } => format!(
+                    "conv {pass:?} {}x{}x{} -> {out_channels} k{} s{} x{images} in {parts} chunks",
+                    geom.c, geom.h, geom.w, geom.kh, geom.stride_h
+                ),
                 LaunchKind::Special(op) => op.name().to_string(),
             };
             let _ = writeln!(

@@ -63,7 +63,13 @@ impl JitEngine {
     /// The compiled evaluation pass for `batch` images (compiled on first use).
     pub fn eval_program(&mut self, batch: usize) -> Result<&CompiledGraph, EngineError> {
         if !self.evals.contains_key(&batch) {
-            let c = compile(&self.eval_graph, batch, &self.layout, CompileOptions::default()).map_err(codegen)?;
+            let c = compile(
+                &self.eval_graph,
+                batch,
+                &self.layout,
+                CompileOptions::default(),
+            )
+            .map_err(codegen)?;
             self.evals.insert(batch, c);
         }
         Ok(&self.evals[&batch])

@@ -577,14 +577,26 @@ fn convnet_quick_learns_on_the_mini_set() {
         return;
     };
     let t = tempfile::tempdir().unwrap();
-    let graph = repo_root().join("models/convnet_quick.json").display().to_string();
+    let graph = repo_root()
+        .join("models/convnet_quick.json")
+        .display()
+        .to_string();
     let d = data.display().to_string();
     let out = dropjit(
         t.path(),
-        &["train", "--graph", &graph, "--data", &d, "--epochs", "2", "--fwd", "0.1", "--bwd", "0.0002", "--out", "run"],
+        &[
+            "train", "--graph", &graph, "--data", &d, "--epochs", "2", "--fwd", "0.1", "--bwd",
+            "0.0002", "--out", "run",
+        ],
     );
     assert_ok(&out);
     let summary = json(&t.path().join("run/summary.json"));
-    let acc = summary["final_test_accuracy"].as_f64().expect("final_test_accuracy");
-    assert!(acc > 0.25, "test accuracy {acc} after 2 epochs\n{}", text(&out.stdout));
+    let acc = summary["final_test_accuracy"]
+        .as_f64()
+        .expect("final_test_accuracy");
+    assert!(
+        acc > 0.25,
+        "test accuracy {acc} after 2 epochs\n{}",
+        text(&out.stdout)
+    );
 }

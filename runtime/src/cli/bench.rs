@@ -56,11 +56,18 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CliError> {
     };
     let mut engine = JitEngine::new(spec)?;
     let t = Instant::now();
-    let compiled = if args.eval { engine.eval_program(batch)? } else { engine.step_program(batch)? };
+    let compiled = if args.eval {
+        engine.eval_program(batch)?
+    } else {
+        engine.step_program(batch)?
+    };
     let (arena_bytes, kernels) = (compiled.arena_bytes(), compiled.kernel_count());
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
     if args.profile && !args.eval {
-        engine.step_program_mut(batch).expect("compiled above").enable_profile();
+        engine
+            .step_program_mut(batch)
+            .expect("compiled above")
+            .enable_profile();
     }
     let (images, labels) = random_batch(&g, batch, 1);
     let images: Vec<f32> = images.iter().map(|&v| v as f32).collect();
@@ -106,6 +113,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CliError> {
         let runs = (args.steps + 2) as f64;
         for (kind, secs) in c.profile_by_kind() {
             println!("  {kind:<28} {:>8.2} ms/step", secs * 1e3 / runs);
+        }
+        println!("  slowest launches:");
+        for (line, secs) in c.profile_by_launch().into_iter().take(12) {
+            println!("  {:>8.2} ms  {}", secs * 1e3 / runs, line.trim());
         }
     }
     Ok(ExitCode::SUCCESS)
