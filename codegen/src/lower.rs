@@ -166,6 +166,10 @@ impl Lower<'_> {
     }
 
     fn node(&mut self, id: NodeId) -> Result<(), CodegenError> {
+        if self.value[id.index()].is_some() {
+            // Computed already, as a by-product of an earlier launch.
+            return Ok(());
+        }
         let node = self.g.node(id).clone();
         let ins = &node.inputs;
         // Leaves are bound, not computed.
@@ -224,25 +228,13 @@ impl Lower<'_> {
                 let mut d = GemmDesc::row_major(self.n, i, o, 1.0, 0.0);
                 d.rsb = 1;
                 d.csb = i as isize;
-                let y = self.temp(&node.name, out_elems);
-                self.launch(
-                    LaunchKind::Gemm(d),
-                    vec![self.buf(ins[0]), self.buf(ins[1]), y],
-                    &[id],
-                );
-                self.value[id.index()] = Some(y);
+                self.gemm(id, d, ins[0], ins[1]);
             }
             Op::LinearGradInput => {
                 // dx[N, I] = dy[N, O] · W[O, I]
                 let (o, i) = (self.ty(ins[0]).dims[0], self.ty(id).dims[0]);
                 let d = GemmDesc::row_major(self.n, o, i, 1.0, 0.0);
-                let dx = self.temp(&node.name, out_elems);
-                self.launch(
-                    LaunchKind::Gemm(d),
-                    vec![self.buf(ins[0]), self.buf(ins[1]), dx],
-                    &[id],
-                );
-                self.value[id.index()] = Some(dx);
+                self.gemm(id, d, ins[0], ins[1]);
             }
             Op::LinearGradWeight => {
                 // dW[O, I] = dyᵀ[O, N] · x[N, I]
@@ -250,13 +242,7 @@ impl Lower<'_> {
                 let mut d = GemmDesc::row_major(o, self.n, i, 1.0, 0.0);
                 d.rsa = 1;
                 d.csa = o as isize;
-                let dw = self.temp(&node.name, out_elems);
-                self.launch(
-                    LaunchKind::Gemm(d),
-                    vec![self.buf(ins[0]), self.buf(ins[1]), dw],
-                    &[id],
-                );
-                self.value[id.index()] = Some(dw);
+                self.gemm(id, d, ins[0], ins[1]);
             }
             Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
                 let (x, y) = (self.nchw(ins[0]), self.nchw(id));
@@ -336,6 +322,17 @@ impl Lower<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `node = A · B` through one GEMM launch.
+    fn gemm(&mut self, id: NodeId, d: GemmDesc, a: NodeId, b: NodeId) {
+        let out = self.temp(&self.g.node(id).name.clone(), self.elems(id));
+        self.launch(
+            LaunchKind::Gemm(d),
+            vec![self.buf(a), self.buf(b), out],
+            &[id],
+        );
+        self.value[id.index()] = Some(out);
     }
 
     fn conv(
@@ -706,17 +703,37 @@ impl Lower<'_> {
         let mean_dy = self.temp(&format!("{}.mean_dy", node.name), dims.chans);
         let mean_dyx = self.temp(&format!("{}.mean_dy_xhat", node.name), dims.chans);
         let (s1, s2) = (slot(mean_dy), slot(mean_dyx));
+        // The same pass yields BatchNorm's dγ = Σ dy·x̂ and dβ = Σ dy, when the
+        // graph asks for them with the same operands: one read of dy, not three.
+        let mut extra: Vec<(NodeId, BufRef, ExprId)> = Vec::new();
+        for u in self.users[ins[0].index()].clone() {
+            let un = self.g.node(u);
+            let value = match un.op {
+                Op::BnGradGamma { eps: e } if e == eps && un.inputs[1..] == ins[1..4] => dyx,
+                Op::BiasGrad => dy,
+                _ => continue,
+            };
+            let b = self.temp(&un.name.clone(), dims.chans);
+            extra.push((u, b, value));
+        }
+        let mut k = ReduceKernel::new(&format!("k{}", self.kernels.len()), "", dims, gr)
+            .sum(s1, dy, 1.0 / count)
+            .sum(s2, dyx, 1.0 / count);
+        let mut covered = vec![id];
+        for &(u, b, value) in &extra {
+            k = k.sum(slot(b), value, 1.0);
+            self.value[u.index()] = Some(b);
+            covered.push(u);
+        }
+        k.comment = covered
+            .iter()
+            .map(|&c| self.g.node(c).name.clone())
+            .collect::<Vec<_>>()
+            .join(" ")
+            + " (sums)";
         let func = self.kernels.len();
-        let k = ReduceKernel::new(
-            &format!("k{func}"),
-            &format!("{} (sums)", node.name),
-            dims,
-            gr,
-        )
-        .sum(s1, dy, 1.0 / count)
-        .sum(s2, dyx, 1.0 / count);
         self.kernels.push(KernelDef::Reduce(k));
-        self.launch(LaunchKind::Reduce { func, dims }, args, &[id]);
+        self.launch(LaunchKind::Reduce { func, dims }, args, &covered);
 
         // The elementwise half, as a fused node.
         self.group = Some(Group {
