@@ -213,3 +213,130 @@ fn one_and_two_threads_are_bit_identical() {
         assert_eq!(one.momentum(), two.momentum(), "{path}: momentum");
     }
 }
+
+/// A graph in the model format around `nodes`, with an odd image size.
+fn small(image: [usize; 3], nodes: &str, logits: &str) -> Graph {
+    let text = format!(
+        r#"{{"format": "dropjit-graph/1", "name": "op",
+            "inputs": [{{"name": "image", "kind": "image", "shape": {image:?}}},
+                       {{"name": "label", "kind": "label", "classes": 5}}],
+            "nodes": [{nodes},
+                      {{"name": "loss", "op": "softmax_cross_entropy", "inputs": ["{logits}", "label"]}}],
+            "outputs": {{"loss": "loss", "logits": "{logits}"}}}}"#
+    );
+    dropjit_graph::parse(&text, "op test", LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One training step and one evaluation of `g` on the JIT and the interpreter,
+/// from the same state; every value compared at 1e-4.
+fn one_step(what: &str, g: &Graph, batch: usize) {
+    let cfg = DropoutConfig {
+        mode: DropoutMode::Augmented,
+        fwd: 0.3,
+        bwd: 0.2,
+    };
+    let step_graph = training_step(
+        g,
+        &cfg,
+        &SgdConfig {
+            momentum: 0.9,
+            weight_decay: 1e-3,
+        },
+    )
+    .expect("step");
+    let mut jit = engine(EngineKind::Jit, g, cfg, 2);
+    let mut state = State::<f32>::new(g, &generic_point(g, 3));
+    jit.set_state(&state.params, &state.momentum).expect("sync");
+    let (images, labels) = random_batch(g, batch, 7);
+    let images: Vec<f32> = images.iter().map(|&v| v as f32).collect();
+    let (lj, zj) = jit.train_step(&images, &labels, 4, 0.1).expect("jit");
+    let inputs = Inputs {
+        images: &images,
+        labels: &labels,
+        batch,
+        seed: SEED,
+        step: 4,
+        lr: 0.1,
+    };
+    let values = run(&step_graph, &mut state, &inputs).expect("interp");
+    assert!(
+        rel_err(&[lj], values.output(&step_graph, "loss").unwrap()) < TOL,
+        "{what} batch {batch}: loss"
+    );
+    assert!(
+        rel_err(&zj, values.output(&step_graph, "logits").unwrap()) < TOL,
+        "{what} batch {batch}: logits"
+    );
+    for ((p, a), b) in g.params.iter().zip(jit.params()).zip(&state.params) {
+        let e = rel_err(&a, b);
+        assert!(e < TOL, "{what} batch {batch}: {} differs by {e:e}", p.name);
+    }
+    let eval_graph = evaluation(g).expect("eval");
+    jit.set_state(&state.params, &state.momentum).expect("sync");
+    let (_, zj) = jit.eval_batch(&images, &labels).expect("jit eval");
+    let values = run(&eval_graph, &mut state, &inputs).expect("interp eval");
+    let e = rel_err(&zj, values.output(&eval_graph, "logits").unwrap());
+    assert!(e < TOL, "{what} batch {batch}: eval logits differ by {e:e}");
+}
+
+/// Each lowered op on sizes that are not multiples of the vector width, with
+/// batch 1 and 3, ceil-mode pool edges and padding, through a training step.
+#[test]
+fn every_op_on_odd_sizes() {
+    let conv = r#"{"name": "c", "op": "conv2d", "inputs": ["image"], "out_channels": 3, "kernel": 3, "stride": 2, "padding": 1}"#;
+    let head = |after: &str| {
+        format!(
+            r#"{{"name": "f", "op": "flatten", "inputs": ["{after}"]}}, {{"name": "fc", "op": "linear", "inputs": ["f"], "out_features": 5}}"#
+        )
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("conv + linear", format!("{conv}, {}", head("c"))),
+        (
+            "max pool ceil",
+            format!(
+                r#"{conv}, {{"name": "p", "op": "max_pool2d", "inputs": ["c"], "kernel": 3, "stride": 2, "ceil_mode": true}}, {}"#,
+                head("p")
+            ),
+        ),
+        (
+            "avg pool ceil pad",
+            format!(
+                r#"{conv}, {{"name": "p", "op": "avg_pool2d", "inputs": ["c"], "kernel": 3, "stride": 2, "padding": 1, "ceil_mode": true}}, {}"#,
+                head("p")
+            ),
+        ),
+        (
+            "bn relu dropout",
+            format!(
+                r#"{conv}, {{"name": "b", "op": "batch_norm", "inputs": ["c"]}}, {{"name": "r", "op": "relu", "inputs": ["b"]}}, {{"name": "d", "op": "dropout", "inputs": ["r"]}}, {}"#,
+                head("d")
+            ),
+        ),
+        (
+            "add fan-out",
+            format!(
+                r#"{conv}, {{"name": "r", "op": "relu", "inputs": ["c"]}}, {{"name": "s", "op": "add", "inputs": ["c", "r"]}}, {}"#,
+                head("s")
+            ),
+        ),
+        (
+            "shortcut",
+            format!(
+                r#"{conv}, {{"name": "s", "op": "shortcut_a", "inputs": ["c"], "out_channels": 7, "stride": 2}}, {}"#,
+                head("s")
+            ),
+        ),
+        (
+            "global avg pool",
+            format!(
+                r#"{conv}, {{"name": "g", "op": "global_avg_pool", "inputs": ["c"]}}, {{"name": "fc", "op": "linear", "inputs": ["g"], "out_features": 5}}"#
+            ),
+        ),
+    ];
+    for (what, nodes) in cases {
+        let g = small([3, 11, 9], &nodes, "fc");
+        for batch in [1, 3] {
+            one_step(what, &g, batch);
+        }
+    }
+}
