@@ -15,17 +15,44 @@ use crate::lower::{lower, KernelDef};
 use crate::schedule::{BufKind, BufRef, ConvPass, LaunchKind, Schedule};
 use crate::CodegenError;
 
-/// 64-byte aligned storage for the arena.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([f32; 16]);
+/// The arena: zeroed, 64-byte aligned f32 storage. Allocated zeroed by the
+/// system (pages appear on first touch), so a large arena costs nothing to create.
+struct Arena {
+    /// 64-byte aligned start inside `base`.
+    ptr: *mut f32,
+    base: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl Arena {
+    fn new(elems: usize) -> Self {
+        // Alignment 16 keeps the system's calloc path (lazily zeroed pages);
+        // 64 extra bytes let the start be rounded up to a cache line.
+        let layout = std::alloc::Layout::from_size_align(elems.max(16) * 4 + 64, 16)
+            .expect("arena size fits");
+        // SAFETY: non-zero size; freed with the same layout in Drop.
+        let base = unsafe { std::alloc::alloc_zeroed(layout) };
+        if base.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        let ptr = base.wrapping_add(base.align_offset(64)) as *mut f32;
+        Arena { ptr, base, layout }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.base, self.layout) }
+    }
+}
 
 pub struct CompiledGraph {
     module: CompiledModule,
     funcs: Vec<KernelFn>,
     pub schedule: Schedule,
     outputs: Vec<(String, BufRef)>,
-    arena: Vec<Line>,
+    arena: Arena,
     pub batch: usize,
     pub compile_ms: f64,
     /// CLIF text of each kernel (when asked for at compile time).
@@ -54,25 +81,50 @@ pub fn compile(
     }
     let t0 = Instant::now();
     let lowered = lower(g, batch, layout)?;
+    let t_lower = t0.elapsed();
     let mut schedule = lowered.schedule;
     plan_memory(&mut schedule)?;
     verify(&schedule, &lowered.kernels, layout)?;
+    let t_plan = t0.elapsed();
     let mut module = KernelModule::new()?;
     if opts.keep_clif {
         module.keep_clif(Some(ClifStage::Optimized));
     }
-    let handles = lowered
-        .kernels
-        .iter()
-        .map(|k| module.add_kernel(spec(k)))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Kernels differ only in the buffers they are handed at run time, so the
+    // same loop (every block of a ResNet stage, every same-sized SGD update)
+    // is compiled once.
+    let mut unique: std::collections::HashMap<String, crate::kernels::jit::FuncHandle> =
+        Default::default();
+    let mut handles = Vec::with_capacity(lowered.kernels.len());
+    for k in &lowered.kernels {
+        let key = kernel_key(k);
+        let h = match unique.get(&key) {
+            Some(&h) => h,
+            None => {
+                let h = module.add_kernel(spec(k))?;
+                unique.insert(key, h);
+                h
+            }
+        };
+        handles.push(h);
+    }
     let module = module.finalize()?;
     let funcs = handles.iter().map(|&h| module.kernel(h)).collect();
     let clif = handles
         .iter()
         .filter_map(|&h| module.clif(h).map(str::to_string))
         .collect();
-    let arena = vec![Line([0.0; 16]); schedule.arena_elems.div_ceil(16)];
+    let t_jit = t0.elapsed();
+    let arena = Arena::new(schedule.arena_elems);
+    if std::env::var_os("DROPJIT_TIMING").is_some() {
+        eprintln!(
+            "compile: lower {:?}, plan {:?}, jit {:?}, arena {:?}",
+            t_lower,
+            t_plan - t_lower,
+            t_jit - t_plan,
+            t0.elapsed() - t_jit
+        );
+    }
     Ok(CompiledGraph {
         module,
         funcs,
@@ -111,6 +163,15 @@ pub fn plan_text(g: &Graph, batch: usize, layout: &StateLayout) -> Result<String
     plan_memory(&mut schedule)?;
     verify(&schedule, &lowered.kernels, layout)?;
     Ok(schedule.text())
+}
+
+/// What makes two kernels the same machine code: their loop nest, expression
+/// graph and outputs (not their names or the nodes they implement).
+fn kernel_key(k: &KernelDef) -> String {
+    match k {
+        KernelDef::Elementwise(e) => format!("e{:?}{:?}{:?}", e.dims, e.graph, e.outputs),
+        KernelDef::Reduce(r) => format!("r{:?}{:?}{:?}", r.dims, r.graph, r.sums),
+    }
 }
 
 fn spec(k: &KernelDef) -> &dyn KernelSpec {
@@ -378,7 +439,7 @@ impl CompiledGraph {
             )));
         }
         let labels_bits: Vec<f32> = labels.iter().map(|&l| f32::from_bits(l)).collect();
-        let arena = self.arena.as_mut_ptr() as *mut f32;
+        let arena = self.arena.ptr;
         let state_ptr = state.as_mut_ptr();
         let resolve = |b: BufRef| -> *mut f32 {
             let buf = &self.schedule.buffers[b.0 as usize];
@@ -446,7 +507,7 @@ impl CompiledGraph {
     pub fn output(&self, name: &str) -> Option<&[f32]> {
         let (_, b) = self.outputs.iter().find(|(n, _)| n == name)?;
         let buf = self.schedule.buffer(*b);
-        let arena = self.arena.as_ptr() as *const f32;
+        let arena = self.arena.ptr as *const f32;
         // SAFETY: outputs are pinned arena buffers inside the verified arena.
         Some(unsafe { std::slice::from_raw_parts(arena.add(buf.offset), buf.elems) })
     }
@@ -502,9 +563,16 @@ impl CompiledGraph {
         self.schedule.arena_elems * 4
     }
 
-    /// Number of JIT kernels in the module.
+    /// Number of kernels launched, and how many distinct ones were compiled.
     pub fn kernel_count(&self) -> usize {
         self.funcs.len()
+    }
+
+    pub fn unique_kernel_count(&self) -> usize {
+        let mut f: Vec<usize> = self.funcs.iter().map(|&k| k as usize).collect();
+        f.sort_unstable();
+        f.dedup();
+        f.len()
     }
 
     #[doc(hidden)]

@@ -61,7 +61,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CliError> {
     } else {
         engine.step_program(batch)?
     };
-    let (arena_bytes, kernels) = (compiled.arena_bytes(), compiled.kernel_count());
+    let (arena_bytes, kernels, unique) = (
+        compiled.arena_bytes(),
+        compiled.kernel_count(),
+        compiled.unique_kernel_count(),
+    );
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
     if args.profile && !args.eval {
         engine
@@ -95,12 +99,12 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CliError> {
             "model": g.name, "mode": what, "dropout": dropout.describe(), "batch": batch,
             "threads": args.threads, "steps": args.steps, "images_per_second": ips,
             "step_ms_median": median, "step_ms_min": min, "step_ms_max": max,
-            "compile_ms": compile_ms, "arena_bytes": arena_bytes, "kernels": kernels,
+            "compile_ms": compile_ms, "arena_bytes": arena_bytes, "kernels": kernels, "kernels_compiled": unique,
         });
         println!("{obj}");
     } else {
         println!(
-            "{} {what} {} batch {batch} threads {}: {median:.2} ms/step (range {min:.2}-{max:.2} over {} steps), {ips:.0} images/s; compile {compile_ms:.1} ms ({kernels} kernels), arena {:.1} MiB",
+            "{} {what} {} batch {batch} threads {}: {median:.2} ms/step (range {min:.2}-{max:.2} over {} steps), {ips:.0} images/s; compile {compile_ms:.1} ms ({kernels} kernels, {unique} distinct), arena {:.1} MiB",
             g.name,
             dropout.describe(),
             args.threads,
