@@ -251,7 +251,7 @@ fn run_files_have_their_keys_and_eval_agrees() {
     }
     assert_eq!(config["recipe"]["iterations"], 8);
     assert_eq!(config["dropout"]["mode"], "augmented");
-    assert_eq!(config["engine"], "interp");
+    assert_eq!(config["engine"], "jit", "the JIT is the default engine");
 
     let lines = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     let records: Vec<Value> = lines
