@@ -13,6 +13,7 @@ use crate::kernels::parallel::global_pool;
 use crate::layout::StateLayout;
 use crate::lower::{lower, KernelDef};
 use crate::schedule::{BufKind, BufRef, ConvPass, LaunchKind, Schedule};
+use crate::special::SpecialOp;
 use crate::CodegenError;
 
 /// The arena: zeroed, 64-byte aligned f32 storage. Allocated zeroed by the
@@ -47,8 +48,29 @@ impl Drop for Arena {
     }
 }
 
+/// The generated step: `(arena, state, images, labels, keys, threads)`.
+/// The table holds, per launch, the address of its GEMM descriptor or op (else 0),
+/// so the generated code carries no absolute addresses.
+type EntryFn = unsafe extern "C" fn(
+    *mut f32,
+    *mut f32,
+    *const f32,
+    *const f32,
+    *const u64,
+    usize,
+    *const usize,
+);
+
 pub struct CompiledGraph {
     module: CompiledModule,
+    entry: EntryFn,
+    /// Owned by the graph: the generated code holds their addresses.
+    #[allow(dead_code)]
+    calls: Vec<Option<Box<OpCall>>>,
+    #[allow(dead_code)]
+    descs: Vec<Option<Box<GemmDesc>>>,
+    /// Per launch: address of `descs[i]` or `calls[i]`, or 0.
+    table: Vec<usize>,
     funcs: Vec<KernelFn>,
     pub schedule: Schedule,
     outputs: Vec<(String, BufRef)>,
@@ -57,13 +79,15 @@ pub struct CompiledGraph {
     pub compile_ms: f64,
     /// CLIF text of each kernel (when asked for at compile time).
     pub clif: Vec<String>,
+    /// CLIF text of the step entry function (when asked for).
+    pub entry_clif: Option<String>,
     /// Seconds spent in each launch, when profiling is on.
     profile: Option<Vec<f64>>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CompileOptions {
-    /// Keep each kernel's optimised CLIF for `--emit clif`.
+    /// Keep each function's CLIF (as built, before optimisation) for `--emit clif`.
     pub keep_clif: bool,
 }
 
@@ -88,7 +112,7 @@ pub fn compile(
     let t_plan = t0.elapsed();
     let mut module = KernelModule::new()?;
     if opts.keep_clif {
-        module.keep_clif(Some(ClifStage::Optimized));
+        module.keep_clif(Some(ClifStage::Built));
     }
     // Kernels differ only in the buffers they are handed at run time, so the
     // same loop (every block of a ResNet stage, every same-sized SGD update)
@@ -108,7 +132,18 @@ pub fn compile(
         };
         handles.push(h);
     }
+    let (calls, descs) = launch_data(&schedule);
+    let entry_handle = module.add_function(
+        "step",
+        &format!("step entry: {} launches", schedule.launches.len()),
+        entry_signature(&module),
+        &mut |b, env| emit_entry(b, env, &schedule, &handles, &calls, &descs),
+    )?;
     let module = module.finalize()?;
+    // SAFETY: `entry` was defined with `entry_signature`, which is `EntryFn`'s ABI.
+    let entry: EntryFn =
+        unsafe { std::mem::transmute::<*const u8, EntryFn>(module.ptr(entry_handle)) };
+    let entry_clif = module.clif(entry_handle).map(str::to_string);
     let funcs = handles.iter().map(|&h| module.kernel(h)).collect();
     let clif = handles
         .iter()
@@ -125,8 +160,21 @@ pub fn compile(
             t0.elapsed() - t_jit
         );
     }
+    let table = calls
+        .iter()
+        .zip(&descs)
+        .map(|(c, d)| match (c, d) {
+            (Some(c), _) => &**c as *const OpCall as usize,
+            (_, Some(d)) => &**d as *const GemmDesc as usize,
+            _ => 0,
+        })
+        .collect();
     Ok(CompiledGraph {
         module,
+        entry,
+        calls,
+        descs,
+        table,
         funcs,
         schedule,
         outputs: lowered.outputs,
@@ -134,13 +182,15 @@ pub fn compile(
         batch,
         compile_ms: t0.elapsed().as_secs_f64() * 1e3,
         clif,
+        entry_clif,
         profile: None,
     })
 }
 
 /// The CLIF of every kernel of `g`, built for a fixed x86-64 target (not the
-/// host), so the text is the same on every machine: for `--emit clif` and the
-/// snapshot tests. Each function starts with a comment naming its graph nodes.
+/// host), so the text is the same on every machine, then of the step entry
+/// function that launches them: for `--emit clif` and the snapshot tests.
+/// Each function starts with a comment naming its graph nodes.
 pub fn clif_text(g: &Graph, batch: usize, layout: &StateLayout) -> Result<String, CodegenError> {
     let lowered = lower(g, batch, layout)?;
     let isa = crate::kernels::jit::fixed_isa()?;
@@ -153,6 +203,11 @@ pub fn clif_text(g: &Graph, batch: usize, layout: &StateLayout) -> Result<String
         )?);
         out.push('\n');
     }
+    // The entry function calls the module's kernels, so it is built in a real
+    // (host) module; its CLIF holds no addresses and nothing host-specific
+    // beyond the x86-64 System V calling convention.
+    let compiled = compile(g, batch, layout, CompileOptions { keep_clif: true })?;
+    out.push_str(compiled.entry_clif.as_deref().unwrap_or_default());
     Ok(out)
 }
 
@@ -163,6 +218,137 @@ pub fn plan_text(g: &Graph, batch: usize, layout: &StateLayout) -> Result<String
     plan_memory(&mut schedule)?;
     verify(&schedule, &lowered.kernels, layout)?;
     Ok(schedule.text())
+}
+
+fn entry_signature(m: &KernelModule) -> cranelift_codegen::ir::Signature {
+    use cranelift_codegen::ir::{AbiParam, Signature};
+    let ptr = m.isa().pointer_type();
+    let mut sig = Signature::new(m.isa().default_call_conv());
+    sig.params = vec![AbiParam::new(ptr); 7];
+    sig
+}
+
+/// Per launch: the boxed op description (convolution, helper) or GEMM
+/// descriptor whose address the entry function passes on.
+type LaunchData = (Vec<Option<Box<OpCall>>>, Vec<Option<Box<GemmDesc>>>);
+
+fn launch_data(s: &Schedule) -> LaunchData {
+    let calls = s
+        .launches
+        .iter()
+        .map(|l| match &l.kind {
+            LaunchKind::Conv {
+                pass,
+                geom,
+                images,
+                out_channels,
+                parts,
+            } => Some(Box::new(OpCall::Conv {
+                pass: *pass,
+                geom: *geom,
+                images: *images,
+                out_channels: *out_channels,
+                parts: *parts,
+            })),
+            LaunchKind::Special(op) => Some(Box::new(OpCall::Special(op.clone()))),
+            _ => None,
+        })
+        .collect();
+    let descs = s
+        .launches
+        .iter()
+        .map(|l| match &l.kind {
+            LaunchKind::Gemm(d) => Some(Box::new(*d)),
+            _ => None,
+        })
+        .collect();
+    (calls, descs)
+}
+
+/// The step entry: for each launch, the buffer addresses (a parameter plus a
+/// constant offset, checked by `verify`) go into a stack array, then one call:
+/// `dropjit_parallel_for(kernel, ...)`, `dropjit_sgemm(desc, ...)` or
+/// `dropjit_run_op(op, ...)`. Each call carries the launch's nodes as a comment.
+fn emit_entry(
+    b: &mut cranelift_frontend::FunctionBuilder,
+    env: &mut crate::kernels::jit::FuncEnv,
+    s: &Schedule,
+    handles: &[crate::kernels::jit::FuncHandle],
+    calls: &[Option<Box<OpCall>>],
+    descs: &[Option<Box<GemmDesc>>],
+) -> Result<(), crate::kernels::jit::KernelError> {
+    use crate::kernels::jit::Helper;
+    use cranelift_codegen::ir::{types, InstBuilder, StackSlotData, StackSlotKind};
+    let ptr = env.ptr_ty();
+    let entry = b.current_block().expect("entry block");
+    let p = b.block_params(entry).to_vec();
+    let (arena, state, images, labels, keys, threads, table) =
+        (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
+    let entry_of = |b: &mut cranelift_frontend::FunctionBuilder, i: usize| {
+        let mut flags = cranelift_codegen::ir::MemFlagsData::new();
+        flags.set_notrap();
+        flags.set_aligned();
+        b.ins().load(ptr, flags, table, (i * 8) as i32)
+    };
+    let parallel_for = env.helper(b.func, Helper::ParallelFor)?;
+    let sgemm = env.helper(b.func, Helper::Sgemm)?;
+    let run_op = env.helper(b.func, Helper::RunOp)?;
+    for (i, l) in s.launches.iter().enumerate() {
+        let addrs: Vec<_> = l
+            .args
+            .iter()
+            .map(|&r| {
+                let buf = s.buffer(r);
+                match buf.kind {
+                    BufKind::Temp => b.ins().iadd_imm_u(arena, (buf.offset * 4) as i64),
+                    BufKind::State { offset } => b.ins().iadd_imm_u(state, (offset * 4) as i64),
+                    BufKind::Image => images,
+                    BufKind::Labels => labels,
+                }
+            })
+            .collect();
+        let array = |b: &mut cranelift_frontend::FunctionBuilder,
+                     addrs: &[cranelift_codegen::ir::Value]| {
+            let slot = b.create_sized_stack_slot(StackSlotData::new(
+                StackSlotKind::ExplicitSlot,
+                (addrs.len() * 8) as u32,
+                3,
+            ));
+            for (k, &a) in addrs.iter().enumerate() {
+                b.ins().stack_store(ptr, a, slot, (k * 8) as i32);
+            }
+            b.ins().stack_addr(ptr, slot, 0)
+        };
+        match &l.kind {
+            LaunchKind::Elementwise { func, dims } | LaunchKind::Reduce { func, dims } => {
+                let total = if matches!(l.kind, LaunchKind::Elementwise { .. }) {
+                    dims.outer
+                } else {
+                    dims.chans
+                };
+                let args = array(b, &addrs);
+                let kref = env.func(b.func, handles[*func])?;
+                let kaddr = b.ins().func_addr(ptr, kref);
+                let total = b.ins().iconst(types::I64, total as i64);
+                b.ins()
+                    .call(parallel_for, &[kaddr, args, keys, total, threads]);
+            }
+            LaunchKind::Gemm(_) => {
+                debug_assert!(descs[i].is_some(), "a descriptor per GEMM launch");
+                let d = entry_of(b, i);
+                b.ins()
+                    .call(sgemm, &[d, addrs[0], addrs[1], addrs[2], threads]);
+            }
+            LaunchKind::Conv { .. } | LaunchKind::Special(_) => {
+                debug_assert!(calls[i].is_some(), "an op per conv or helper launch");
+                let args = array(b, &addrs);
+                let op = entry_of(b, i);
+                b.ins().call(run_op, &[op, args, threads]);
+            }
+        }
+    }
+    b.ins().return_(&[]);
+    Ok(())
 }
 
 /// What makes two kernels the same machine code: their loop nest, expression
@@ -329,6 +515,51 @@ fn verify(s: &Schedule, kernels: &[KernelDef], layout: &StateLayout) -> Result<(
     Ok(())
 }
 
+/// A launch the step entry function hands back to Rust: a convolution pass or
+/// a helper op. Boxed and owned by the compiled graph, its address is baked
+/// into the generated code.
+pub enum OpCall {
+    Conv {
+        pass: ConvPass,
+        geom: ConvGeom,
+        images: usize,
+        out_channels: usize,
+        parts: usize,
+    },
+    Special(SpecialOp),
+}
+
+/// Called by the generated step function for every [`OpCall`].
+///
+/// # Safety
+/// `op` is a live `OpCall`; `ptrs` holds its buffers with the extents that
+/// `verify` checked.
+pub unsafe extern "C" fn dropjit_run_op(op: *const OpCall, ptrs: *const *mut f32, threads: usize) {
+    match &*op {
+        OpCall::Conv {
+            pass,
+            geom,
+            images,
+            out_channels,
+            parts,
+        } => {
+            let ptrs = std::slice::from_raw_parts(ptrs, 4);
+            conv_pass(*pass, geom, *images, *out_channels, *parts, ptrs, threads)
+        }
+        OpCall::Special(sp) => {
+            let (ins, out) = sp.extents();
+            let ptrs = std::slice::from_raw_parts(ptrs, ins.len() + 1);
+            let inputs: Vec<&[f32]> = ins
+                .iter()
+                .zip(ptrs)
+                .map(|(&n, &p)| std::slice::from_raw_parts(p as *const f32, n))
+                .collect();
+            let output = std::slice::from_raw_parts_mut(ptrs[ins.len()], out);
+            sp.run(&inputs, output, threads);
+        }
+    }
+}
+
 /// One convolution pass, chunk by chunk (see [`LaunchKind::Conv`]).
 ///
 /// # Safety
@@ -455,6 +686,23 @@ impl CompiledGraph {
         };
         let threads = threads.max(1);
         let profile = self.profile.is_some();
+        if !profile {
+            // SAFETY: the generated step touches only the buffers `verify`
+            // checked; the pointers are live for the call.
+            unsafe {
+                (self.entry)(
+                    arena,
+                    state_ptr,
+                    images.as_ptr(),
+                    labels_bits.as_ptr(),
+                    keys.as_ptr(),
+                    threads,
+                    self.table.as_ptr(),
+                )
+            };
+            return Ok(());
+        }
+        // Profiling: the same launches from Rust, timed one by one.
         for (li, l) in self.schedule.launches.iter().enumerate() {
             let t0 = profile.then(Instant::now);
             let ptrs: Vec<*mut f32> = l.args.iter().map(|&b| resolve(b)).collect();

@@ -80,14 +80,18 @@ pub enum Helper {
     Im2col,
     /// `gemm::dropjit_col2im(geom: *const ConvGeom, col, dx, n_images, n_threads)`
     Col2im,
+    /// `exec::dropjit_run_op(op: *const OpCall, ptrs: *const *mut f32, n_threads)`:
+    /// a convolution pass or a helper op of the schedule.
+    RunOp,
 }
 
 impl Helper {
-    pub const ALL: [Helper; 4] = [
+    pub const ALL: [Helper; 5] = [
         Helper::ParallelFor,
         Helper::Sgemm,
         Helper::Im2col,
         Helper::Col2im,
+        Helper::RunOp,
     ];
 
     pub fn symbol(self) -> &'static str {
@@ -96,6 +100,7 @@ impl Helper {
             Helper::Sgemm => "dropjit_sgemm",
             Helper::Im2col => "dropjit_im2col",
             Helper::Col2im => "dropjit_col2im",
+            Helper::RunOp => "dropjit_run_op",
         }
     }
 
@@ -105,6 +110,7 @@ impl Helper {
             Helper::Sgemm => super::gemm::dropjit_sgemm as *const u8,
             Helper::Im2col => super::gemm::dropjit_im2col as *const u8,
             Helper::Col2im => super::gemm::dropjit_col2im as *const u8,
+            Helper::RunOp => crate::exec::dropjit_run_op as *const u8,
         }
     }
 
@@ -113,6 +119,7 @@ impl Helper {
         let p: Vec<Type> = match self {
             Helper::ParallelFor => vec![ptr, ptr, ptr, types::I64, ptr],
             Helper::Sgemm | Helper::Im2col | Helper::Col2im => vec![ptr; 5],
+            Helper::RunOp => vec![ptr; 3],
         };
         let mut s = Signature::new(cc);
         s.params = p.into_iter().map(AbiParam::new).collect();
