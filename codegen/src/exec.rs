@@ -725,22 +725,9 @@ impl CompiledGraph {
                         threads,
                     ),
                     LaunchKind::Gemm(d) => dropjit_sgemm(d, ptrs[0], ptrs[1], ptrs[2], threads),
-                    LaunchKind::Conv {
-                        pass,
-                        geom,
-                        images,
-                        out_channels,
-                        parts,
-                    } => conv_pass(*pass, geom, *images, *out_channels, *parts, &ptrs, threads),
-                    LaunchKind::Special(op) => {
-                        let (ins, out) = op.extents();
-                        let inputs: Vec<&[f32]> = ins
-                            .iter()
-                            .zip(&ptrs)
-                            .map(|(&n, &p)| std::slice::from_raw_parts(p as *const f32, n))
-                            .collect();
-                        let output = std::slice::from_raw_parts_mut(ptrs[ins.len()], out);
-                        op.run(&inputs, output, threads);
+                    // The same helper the generated entry calls, same op.
+                    LaunchKind::Conv { .. } | LaunchKind::Special(_) => {
+                        dropjit_run_op(self.table[li] as *const OpCall, ptrs.as_ptr(), threads)
                     }
                 }
             }
