@@ -9,8 +9,9 @@
 //!   inside the loops from the shared hash, never stored.
 //! - Per-channel statistics (BatchNorm, bias gradients) are Cranelift
 //!   reductions split by channel, so results do not depend on the thread count.
-//! - Pooling, the option-A shortcut, global average pooling and the loss run as
-//!   Rust helpers (`special`).
+//! - Global average pooling is a Cranelift reduction over each plane.
+//! - Pooling windows, the option-A shortcut and the loss run as Rust helpers
+//!   (`special`).
 
 use std::collections::HashMap;
 
@@ -290,8 +291,26 @@ impl Lower<'_> {
                 )
             }
             Op::GlobalAvgPool => {
+                // A per-(n, c) mean over H·W: a reduction whose "channels" are
+                // the N·C planes.
                 let x = self.nchw(ins[0]);
-                self.special(id, SpecialOp::GlobalAvgPool { x }, &[ins[0]])
+                let dims = Dims::new(1, x.n * x.c, x.h * x.w);
+                let mut gr = ExprGraph::new();
+                let v = gr.load(BufId(0));
+                let out = self.temp(&node.name, dims.chans);
+                let func = self.kernels.len();
+                let k = ReduceKernel::new(&format!("k{func}"), &node.name, dims, gr).sum(
+                    BufId(1),
+                    v,
+                    1.0 / dims.inner as f64,
+                );
+                self.kernels.push(KernelDef::Reduce(k));
+                self.launch(
+                    LaunchKind::Reduce { func, dims },
+                    vec![self.buf(ins[0]), out],
+                    &[id],
+                );
+                self.value[id.index()] = Some(out);
             }
             Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => {
                 let k = self.ty(ins[0]).dims[0];

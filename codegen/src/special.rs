@@ -1,5 +1,5 @@
 //! Ops lowered to Rust helpers rather than generated loops: pooling windows,
-//! the option-A shortcut, global average pooling and softmax cross-entropy.
+//! the option-A shortcut and softmax cross-entropy.
 //! They touch little data next to the convolutions, and follow the reference
 //! interpreter's arithmetic order, so they agree with it to the bit.
 
@@ -62,9 +62,6 @@ pub enum SpecialOp {
         x: Nchw,
         y: Nchw,
     },
-    GlobalAvgPool {
-        x: Nchw,
-    },
     /// inputs `[logits, labels]`, output the mean loss (one value).
     SoftmaxCrossEntropy {
         n: usize,
@@ -85,7 +82,6 @@ impl SpecialOp {
             SpecialOp::AvgPoolGrad { .. } => "avg_pool2d_grad",
             SpecialOp::ShortcutA { .. } => "shortcut_a",
             SpecialOp::ShortcutAGrad { .. } => "shortcut_a_grad",
-            SpecialOp::GlobalAvgPool { .. } => "global_avg_pool",
             SpecialOp::SoftmaxCrossEntropy { .. } => "softmax_cross_entropy",
             SpecialOp::SoftmaxCrossEntropyGrad { .. } => "softmax_cross_entropy_grad",
         }
@@ -102,7 +98,6 @@ impl SpecialOp {
             SpecialOp::AvgPoolGrad { x, y, .. } => (vec![y.len()], x.len()),
             SpecialOp::ShortcutA { x, y, .. } => (vec![x.len()], y.len()),
             SpecialOp::ShortcutAGrad { x, y, .. } => (vec![y.len()], x.len()),
-            SpecialOp::GlobalAvgPool { x } => (vec![x.len()], x.n * x.c),
             SpecialOp::SoftmaxCrossEntropy { n, k } => (vec![n * k, *n], 1),
             SpecialOp::SoftmaxCrossEntropyGrad { n, k } => (vec![n * k, *n], n * k),
         }
@@ -184,16 +179,6 @@ impl SpecialOp {
                             }
                         }
                     }
-                }
-            }
-            SpecialOp::GlobalAvgPool { x } => {
-                let hw = x.plane();
-                for (nc, o) in out[..x.n * x.c].iter_mut().enumerate() {
-                    let mut acc = 0.0f32;
-                    for v in &ins[0][nc * hw..(nc + 1) * hw] {
-                        acc += v;
-                    }
-                    *o = acc / hw as f32;
                 }
             }
             SpecialOp::SoftmaxCrossEntropy { n, k }
