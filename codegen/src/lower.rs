@@ -68,6 +68,18 @@ struct Group {
 }
 
 impl Group {
+    fn new(dims: Dims) -> Self {
+        Group {
+            dims,
+            graph: ExprGraph::new(),
+            members: Vec::new(),
+            expr: HashMap::new(),
+            args: Vec::new(),
+            loads: HashMap::new(),
+            in_place: Vec::new(),
+        }
+    }
+
     fn slot(&mut self, buf: BufRef, extent: usize) -> BufId {
         if let Some(i) = self.args.iter().position(|(b, _)| *b == buf) {
             self.args[i].1 = self.args[i].1.max(extent);
@@ -456,15 +468,7 @@ impl Lower<'_> {
             self.flush()?;
         }
         if self.group.is_none() {
-            self.group = Some(Group {
-                dims,
-                graph: ExprGraph::new(),
-                members: Vec::new(),
-                expr: HashMap::new(),
-                args: Vec::new(),
-                loads: HashMap::new(),
-                in_place: Vec::new(),
-            });
+            self.group = Some(Group::new(dims));
         }
         let node = self.g.node(id).clone();
         let ins = &node.inputs;
@@ -755,15 +759,7 @@ impl Lower<'_> {
         self.launch(LaunchKind::Reduce { func, dims }, args, &covered);
 
         // The elementwise half, as a fused node.
-        self.group = Some(Group {
-            dims,
-            graph: ExprGraph::new(),
-            members: Vec::new(),
-            expr: HashMap::new(),
-            args: Vec::new(),
-            loads: HashMap::new(),
-            in_place: Vec::new(),
-        });
+        self.group = Some(Group::new(dims));
         let g = self.group.as_mut().expect("just opened");
         let len = dims.len();
         let (dys, xs) = (g.slot(dyb, len), g.slot(stats[0], len));
