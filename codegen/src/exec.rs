@@ -13,7 +13,6 @@ use crate::kernels::parallel::global_pool;
 use crate::layout::StateLayout;
 use crate::lower::{lower, KernelDef};
 use crate::schedule::{BufKind, BufRef, ConvPass, LaunchKind, Schedule};
-use crate::special::SpecialOp;
 use crate::CodegenError;
 
 /// The arena: zeroed, 64-byte aligned f32 storage. Allocated zeroed by the
@@ -66,7 +65,7 @@ pub struct CompiledGraph {
     entry: EntryFn,
     /// Owned by the graph: the generated code holds their addresses.
     #[allow(dead_code)]
-    calls: Vec<Option<Box<OpCall>>>,
+    calls: Vec<Option<Box<LaunchKind>>>,
     #[allow(dead_code)]
     descs: Vec<Option<Box<GemmDesc>>>,
     /// Per launch: address of `descs[i]` or `calls[i]`, or 0.
@@ -164,7 +163,7 @@ pub fn compile(
         .iter()
         .zip(&descs)
         .map(|(c, d)| match (c, d) {
-            (Some(c), _) => &**c as *const OpCall as usize,
+            (Some(c), _) => &**c as *const LaunchKind as usize,
             (_, Some(d)) => &**d as *const GemmDesc as usize,
             _ => 0,
         })
@@ -230,28 +229,15 @@ fn entry_signature(m: &KernelModule) -> cranelift_codegen::ir::Signature {
 
 /// Per launch: the boxed op description (convolution, helper) or GEMM
 /// descriptor whose address the entry function passes on.
-type LaunchData = (Vec<Option<Box<OpCall>>>, Vec<Option<Box<GemmDesc>>>);
+type LaunchData = (Vec<Option<Box<LaunchKind>>>, Vec<Option<Box<GemmDesc>>>);
 
 fn launch_data(s: &Schedule) -> LaunchData {
     let calls = s
         .launches
         .iter()
-        .map(|l| match &l.kind {
-            LaunchKind::Conv {
-                pass,
-                geom,
-                images,
-                out_channels,
-                parts,
-            } => Some(Box::new(OpCall::Conv {
-                pass: *pass,
-                geom: *geom,
-                images: *images,
-                out_channels: *out_channels,
-                parts: *parts,
-            })),
-            LaunchKind::Special(op) => Some(Box::new(OpCall::Special(op.clone()))),
-            _ => None,
+        .map(|l| {
+            matches!(l.kind, LaunchKind::Conv { .. } | LaunchKind::Special(_))
+                .then(|| Box::new(l.kind.clone()))
         })
         .collect();
     let descs = s
@@ -274,7 +260,7 @@ fn emit_entry(
     env: &mut crate::kernels::jit::FuncEnv,
     s: &Schedule,
     handles: &[crate::kernels::jit::FuncHandle],
-    calls: &[Option<Box<OpCall>>],
+    calls: &[Option<Box<LaunchKind>>],
     descs: &[Option<Box<GemmDesc>>],
 ) -> Result<(), crate::kernels::jit::KernelError> {
     use crate::kernels::jit::Helper;
@@ -515,28 +501,20 @@ fn verify(s: &Schedule, kernels: &[KernelDef], layout: &StateLayout) -> Result<(
     Ok(())
 }
 
-/// A launch the step entry function hands back to Rust: a convolution pass or
-/// a helper op. Boxed and owned by the compiled graph, its address is baked
-/// into the generated code.
-pub enum OpCall {
-    Conv {
-        pass: ConvPass,
-        geom: ConvGeom,
-        images: usize,
-        out_channels: usize,
-        parts: usize,
-    },
-    Special(SpecialOp),
-}
-
-/// Called by the generated step function for every [`OpCall`].
+/// Called by the generated step function for every convolution pass and
+/// helper op: `op` is that launch's kind, owned by the compiled graph and
+/// reached through the entry's table argument.
 ///
 /// # Safety
-/// `op` is a live `OpCall`; `ptrs` holds its buffers with the extents that
+/// `op` is a live Conv or Special launch kind; `ptrs` holds its buffers with the extents that
 /// `verify` checked.
-pub unsafe extern "C" fn dropjit_run_op(op: *const OpCall, ptrs: *const *mut f32, threads: usize) {
+pub unsafe extern "C" fn dropjit_run_op(
+    op: *const LaunchKind,
+    ptrs: *const *mut f32,
+    threads: usize,
+) {
     match &*op {
-        OpCall::Conv {
+        LaunchKind::Conv {
             pass,
             geom,
             images,
@@ -546,7 +524,7 @@ pub unsafe extern "C" fn dropjit_run_op(op: *const OpCall, ptrs: *const *mut f32
             let ptrs = std::slice::from_raw_parts(ptrs, 4);
             conv_pass(*pass, geom, *images, *out_channels, *parts, ptrs, threads)
         }
-        OpCall::Special(sp) => {
+        LaunchKind::Special(sp) => {
             let (ins, out) = sp.extents();
             let ptrs = std::slice::from_raw_parts(ptrs, ins.len() + 1);
             let inputs: Vec<&[f32]> = ins
@@ -556,6 +534,10 @@ pub unsafe extern "C" fn dropjit_run_op(op: *const OpCall, ptrs: *const *mut f32
                 .collect();
             let output = std::slice::from_raw_parts_mut(ptrs[ins.len()], out);
             sp.run(&inputs, output, threads);
+        }
+        // The entry function calls the pool or sgemm for these, never this helper.
+        LaunchKind::Elementwise { .. } | LaunchKind::Reduce { .. } | LaunchKind::Gemm(_) => {
+            unreachable!("dropjit_run_op is only called for convolution and helper launches")
         }
     }
 }
@@ -727,7 +709,7 @@ impl CompiledGraph {
                     LaunchKind::Gemm(d) => dropjit_sgemm(d, ptrs[0], ptrs[1], ptrs[2], threads),
                     // The same helper the generated entry calls, same op.
                     LaunchKind::Conv { .. } | LaunchKind::Special(_) => {
-                        dropjit_run_op(self.table[li] as *const OpCall, ptrs.as_ptr(), threads)
+                        dropjit_run_op(self.table[li] as *const LaunchKind, ptrs.as_ptr(), threads)
                     }
                 }
             }

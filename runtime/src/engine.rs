@@ -193,44 +193,42 @@ impl Engine for InterpreterEngine {
 
 /// Every tensor of `g` present with its element count.
 pub fn check_params(g: &Graph, params: &[Vec<f32>]) -> Result<(), EngineError> {
-    if params.len() != g.params.len() {
-        return Err(EngineError::Invalid(format!(
-            "{} parameter tensors given, model {} has {}",
-            params.len(),
-            g.name,
-            g.params.len()
-        )));
-    }
-    for (p, v) in g.params.iter().zip(params) {
-        if v.len() != p.elems() {
-            return Err(EngineError::Invalid(format!(
-                "parameter {} has {} values, expected {}",
-                p.name,
-                v.len(),
-                p.elems()
-            )));
-        }
-    }
-    Ok(())
+    check_tensors(g, params, "parameter", |p| p.elems())
 }
 
 /// A momentum buffer for every trainable tensor, none for the others.
 pub fn check_momentum(g: &Graph, momentum: &[Vec<f32>]) -> Result<(), EngineError> {
-    if momentum.len() != g.params.len() {
+    check_tensors(g, momentum, "momentum", |p| {
+        if p.trainable {
+            p.elems()
+        } else {
+            0
+        }
+    })
+}
+
+/// One vector per tensor of `g`, each of the length `want` gives.
+fn check_tensors(
+    g: &Graph,
+    values: &[Vec<f32>],
+    what: &str,
+    want: impl Fn(&dropjit_graph::Param) -> usize,
+) -> Result<(), EngineError> {
+    if values.len() != g.params.len() {
         return Err(EngineError::Invalid(format!(
-            "{} momentum buffers given, model {} has {} tensors",
-            momentum.len(),
+            "{} {what} tensors given, model {} has {}",
+            values.len(),
             g.name,
             g.params.len()
         )));
     }
-    for (p, v) in g.params.iter().zip(momentum) {
-        let want = if p.trainable { p.elems() } else { 0 };
-        if v.len() != want {
+    for (p, v) in g.params.iter().zip(values) {
+        if v.len() != want(p) {
             return Err(EngineError::Invalid(format!(
-                "momentum of {} has {} values, expected {want}",
+                "{what} of {} has {} values, expected {}",
                 p.name,
-                v.len()
+                v.len(),
+                want(p)
             )));
         }
     }

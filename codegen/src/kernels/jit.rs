@@ -80,7 +80,7 @@ pub enum Helper {
     Im2col,
     /// `gemm::dropjit_col2im(geom: *const ConvGeom, col, dx, n_images, n_threads)`
     Col2im,
-    /// `exec::dropjit_run_op(op: *const OpCall, ptrs: *const *mut f32, n_threads)`:
+    /// `exec::dropjit_run_op(op: *const LaunchKind, ptrs: *const *mut f32, n_threads)`:
     /// a convolution pass or a helper op of the schedule.
     RunOp,
 }
