@@ -299,6 +299,13 @@ fn every_op_on_odd_sizes() {
             ),
         ),
         (
+            "max pool 2x2 and 3x3 stride 1 pad 1",
+            format!(
+                r#"{conv}, {{"name": "p", "op": "max_pool2d", "inputs": ["c"], "kernel": 2, "stride": 2}}, {{"name": "q", "op": "max_pool2d", "inputs": ["p"], "kernel": 3, "stride": 1, "padding": 1}}, {}"#,
+                head("q")
+            ),
+        ),
+        (
             "avg pool ceil pad",
             format!(
                 r#"{conv}, {{"name": "p", "op": "avg_pool2d", "inputs": ["c"], "kernel": 3, "stride": 2, "padding": 1, "ceil_mode": true}}, {}"#,
@@ -338,5 +345,37 @@ fn every_op_on_odd_sizes() {
         for batch in [1, 3] {
             one_step(what, &g, batch);
         }
+    }
+}
+
+/// A label the model has no class for is an error from both engines, not a
+/// clamped or out-of-bounds read.
+#[test]
+fn both_engines_reject_labels_out_of_range() {
+    let g = model("tests/fixtures/tiny.json");
+    let classes = g.classes().expect("labels input");
+    let (images, mut labels) = random_batch(&g, 2, 3);
+    let images: Vec<f32> = images.iter().map(|&v| v as f32).collect();
+    labels[1] = classes as u32;
+    for kind in [EngineKind::Jit, EngineKind::Interp] {
+        let plain = DropoutConfig {
+            mode: DropoutMode::Plain,
+            fwd: 0.0,
+            bwd: 0.0,
+        };
+        let mut e = engine(kind, &g, plain, 1);
+        let err = e
+            .train_step(&images, &labels, 0, 0.1)
+            .expect_err("label out of range")
+            .to_string();
+        assert!(
+            err.contains(&format!("label {classes} of item 1 is out of range")),
+            "{kind:?}: {err}"
+        );
+        let err = e
+            .eval_batch(&images, &labels)
+            .expect_err("eval too")
+            .to_string();
+        assert!(err.contains("out of range"), "{kind:?}: {err}");
     }
 }

@@ -227,7 +227,7 @@ fn entry_signature(m: &KernelModule) -> cranelift_codegen::ir::Signature {
     sig
 }
 
-/// Per launch: the boxed op description (convolution, helper) or GEMM
+/// Per launch: the boxed convolution pass or GEMM
 /// descriptor whose address the entry function passes on.
 type LaunchData = (Vec<Option<Box<LaunchKind>>>, Vec<Option<Box<GemmDesc>>>);
 
@@ -235,10 +235,7 @@ fn launch_data(s: &Schedule) -> LaunchData {
     let calls = s
         .launches
         .iter()
-        .map(|l| {
-            matches!(l.kind, LaunchKind::Conv { .. } | LaunchKind::Special(_))
-                .then(|| Box::new(l.kind.clone()))
-        })
+        .map(|l| matches!(l.kind, LaunchKind::Conv { .. }).then(|| Box::new(l.kind.clone())))
         .collect();
     let descs = s
         .launches
@@ -306,14 +303,12 @@ fn emit_entry(
             b.ins().stack_addr(ptr, slot, 0)
         };
         match &l.kind {
-            LaunchKind::Elementwise { func, dims } | LaunchKind::Reduce { func, dims } => {
-                let total = if matches!(l.kind, LaunchKind::Elementwise { .. }) {
-                    dims.outer
-                } else {
-                    dims.chans
-                };
+            LaunchKind::Elementwise { .. }
+            | LaunchKind::Reduce { .. }
+            | LaunchKind::Scalar { .. } => {
+                let (func, total) = kernel_range(&l.kind).expect("a kernel launch");
                 let args = array(b, &addrs);
-                let kref = env.func(b.func, handles[*func])?;
+                let kref = env.func(b.func, handles[func])?;
                 let kaddr = b.ins().func_addr(ptr, kref);
                 let total = b.ins().iconst(types::I64, total as i64);
                 b.ins()
@@ -325,8 +320,8 @@ fn emit_entry(
                 b.ins()
                     .call(sgemm, &[d, addrs[0], addrs[1], addrs[2], threads]);
             }
-            LaunchKind::Conv { .. } | LaunchKind::Special(_) => {
-                debug_assert!(calls[i].is_some(), "an op per conv or helper launch");
+            LaunchKind::Conv { .. } => {
+                debug_assert!(calls[i].is_some(), "a boxed pass per conv launch");
                 let args = array(b, &addrs);
                 let op = entry_of(b, i);
                 b.ins().call(run_op, &[op, args, threads]);
@@ -343,6 +338,19 @@ fn kernel_key(k: &KernelDef) -> String {
     match k {
         KernelDef::Elementwise(e) => format!("e{:?}{:?}{:?}", e.dims, e.graph, e.outputs),
         KernelDef::Reduce(r) => format!("r{:?}{:?}{:?}", r.dims, r.graph, r.sums),
+        KernelDef::Pool(p) => format!("p{:?}{}{}{:?}", p.kind, p.grad, p.planes, p.geom),
+        KernelDef::Shortcut(k) => format!("s{}{}{:?}", k.grad, k.images, k.geom),
+        KernelDef::SoftmaxXent(k) => format!("x{}{}{}", k.grad, k.rows, k.k),
+    }
+}
+
+/// The kernel a launch runs and the length of the range it is split over.
+fn kernel_range(kind: &LaunchKind) -> Option<(usize, usize)> {
+    match kind {
+        LaunchKind::Elementwise { func, dims } => Some((*func, dims.outer)),
+        LaunchKind::Reduce { func, dims } => Some((*func, dims.chans)),
+        LaunchKind::Scalar { func, op } => Some((*func, op.range())),
+        LaunchKind::Gemm(_) | LaunchKind::Conv { .. } => None,
     }
 }
 
@@ -350,6 +358,9 @@ fn spec(k: &KernelDef) -> &dyn KernelSpec {
     match k {
         KernelDef::Elementwise(e) => e,
         KernelDef::Reduce(r) => r,
+        KernelDef::Pool(p) => p,
+        KernelDef::Shortcut(k) => k,
+        KernelDef::SoftmaxXent(k) => k,
     }
 }
 
@@ -427,6 +438,11 @@ fn verify(s: &Schedule, kernels: &[KernelDef], layout: &StateLayout) -> Result<(
                             .map(|o| (o.buf.0 as usize, dims.chans))
                             .collect(),
                     ),
+                    _ => {
+                        return Err(CodegenError::Plan(format!(
+                            "launch {i} names kernel {func}, which is no loop over {dims:?}"
+                        )))
+                    }
                 };
                 for node in graph.nodes() {
                     match node {
@@ -468,7 +484,7 @@ fn verify(s: &Schedule, kernels: &[KernelDef], layout: &StateLayout) -> Result<(
                 need.push(pass.scratch(geom, *out_channels, *parts));
                 written.extend([2, 3]);
             }
-            LaunchKind::Special(op) => {
+            LaunchKind::Scalar { op, .. } => {
                 let (ins, out) = op.extents();
                 need = ins;
                 need.push(out);
@@ -506,7 +522,7 @@ fn verify(s: &Schedule, kernels: &[KernelDef], layout: &StateLayout) -> Result<(
 /// reached through the entry's table argument.
 ///
 /// # Safety
-/// `op` is a live Conv or Special launch kind; `ptrs` holds its buffers with the extents that
+/// `op` is a live Conv launch kind; `ptrs` holds its buffers with the extents that
 /// `verify` checked.
 pub unsafe extern "C" fn dropjit_run_op(
     op: *const LaunchKind,
@@ -524,20 +540,12 @@ pub unsafe extern "C" fn dropjit_run_op(
             let ptrs = std::slice::from_raw_parts(ptrs, 4);
             conv_pass(*pass, geom, *images, *out_channels, *parts, ptrs, threads)
         }
-        LaunchKind::Special(sp) => {
-            let (ins, out) = sp.extents();
-            let ptrs = std::slice::from_raw_parts(ptrs, ins.len() + 1);
-            let inputs: Vec<&[f32]> = ins
-                .iter()
-                .zip(ptrs)
-                .map(|(&n, &p)| std::slice::from_raw_parts(p as *const f32, n))
-                .collect();
-            let output = std::slice::from_raw_parts_mut(ptrs[ins.len()], out);
-            sp.run(&inputs, output, threads);
-        }
         // The entry function calls the pool or sgemm for these, never this helper.
-        LaunchKind::Elementwise { .. } | LaunchKind::Reduce { .. } | LaunchKind::Gemm(_) => {
-            unreachable!("dropjit_run_op is only called for convolution and helper launches")
+        LaunchKind::Elementwise { .. }
+        | LaunchKind::Reduce { .. }
+        | LaunchKind::Scalar { .. }
+        | LaunchKind::Gemm(_) => {
+            unreachable!("dropjit_run_op is only called for convolution launches")
         }
     }
 }
@@ -692,23 +700,21 @@ impl CompiledGraph {
             // together never overlap; the batch inputs are only read.
             unsafe {
                 match &l.kind {
-                    LaunchKind::Elementwise { func, dims } => global_pool().run_kernel(
-                        self.funcs[*func],
-                        ptrs.as_ptr(),
-                        keys.as_ptr(),
-                        dims.outer as i64,
-                        threads,
-                    ),
-                    LaunchKind::Reduce { func, dims } => global_pool().run_kernel(
-                        self.funcs[*func],
-                        ptrs.as_ptr(),
-                        keys.as_ptr(),
-                        dims.chans as i64,
-                        threads,
-                    ),
+                    LaunchKind::Elementwise { .. }
+                    | LaunchKind::Reduce { .. }
+                    | LaunchKind::Scalar { .. } => {
+                        let (func, total) = kernel_range(&l.kind).expect("a kernel launch");
+                        global_pool().run_kernel(
+                            self.funcs[func],
+                            ptrs.as_ptr(),
+                            keys.as_ptr(),
+                            total as i64,
+                            threads,
+                        )
+                    }
                     LaunchKind::Gemm(d) => dropjit_sgemm(d, ptrs[0], ptrs[1], ptrs[2], threads),
-                    // The same helper the generated entry calls, same op.
-                    LaunchKind::Conv { .. } | LaunchKind::Special(_) => {
+                    // The same helper the generated entry calls, same pass.
+                    LaunchKind::Conv { .. } => {
                         dropjit_run_op(self.table[li] as *const LaunchKind, ptrs.as_ptr(), threads)
                     }
                 }
@@ -767,7 +773,7 @@ impl CompiledGraph {
                 LaunchKind::Reduce { .. } => "reduce".to_string(),
                 LaunchKind::Gemm(_) => "sgemm".to_string(),
                 LaunchKind::Conv { pass, .. } => format!("conv {pass:?}"),
-                LaunchKind::Special(op) => op.name().to_string(),
+                LaunchKind::Scalar { op, .. } => op.name().to_string(),
             };
             *by.entry(k).or_default() += t;
         }

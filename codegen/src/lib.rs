@@ -7,8 +7,8 @@ pub mod exec;
 pub mod kernels;
 pub mod layout;
 pub mod lower;
+pub mod scalar_ops;
 pub mod schedule;
-pub mod special;
 
 pub use exec::{clif_text, compile, plan_text, CompileOptions, CompiledGraph};
 pub use layout::{step_keys, StateLayout};

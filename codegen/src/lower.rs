@@ -10,8 +10,8 @@
 //! - Per-channel statistics (BatchNorm, bias gradients) are Cranelift
 //!   reductions split by channel, so results do not depend on the thread count.
 //! - Global average pooling is a Cranelift reduction over each plane.
-//! - Pooling windows, the option-A shortcut and the loss run as Rust helpers
-//!   (`special`).
+//! - Pooling windows, the option-A shortcut and the loss are scalar Cranelift
+//!   loop nests (`scalar_ops`, `kernels::{pool, shortcut, softmax}`).
 
 use std::collections::HashMap;
 
@@ -21,10 +21,13 @@ use dropjit_graph::{Graph, NodeId, TensorType};
 use crate::kernels::elementwise::ElementwiseKernel;
 use crate::kernels::expr::{BufId, Dims, ExprGraph, ExprId, KeySlot, MaskFactor};
 use crate::kernels::gemm::{ConvGeom, GemmDesc};
+use crate::kernels::pool::PoolKernel;
 use crate::kernels::reduce::ReduceKernel;
+use crate::kernels::shortcut::ShortcutKernel;
+use crate::kernels::softmax::SoftmaxXentKernel;
 use crate::layout::{key_slot, StateLayout};
+use crate::scalar_ops::{Nchw, ScalarOp};
 use crate::schedule::{BufKind, BufRef, Buffer, ConvPass, Launch, LaunchKind, Schedule};
-use crate::special::{Nchw, SpecialOp};
 use crate::CodegenError;
 
 /// Fixed number of batch chunks a convolution pass is cut into (one per core
@@ -36,6 +39,9 @@ const CONV_PARTS: usize = 2;
 pub enum KernelDef {
     Elementwise(ElementwiseKernel),
     Reduce(ReduceKernel),
+    Pool(PoolKernel),
+    Shortcut(ShortcutKernel),
+    SoftmaxXent(SoftmaxXentKernel),
 }
 
 pub struct Lowered {
@@ -260,29 +266,29 @@ impl Lower<'_> {
             Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
                 let (x, y) = (self.nchw(ins[0]), self.nchw(id));
                 let op = if matches!(node.op, Op::MaxPool2d(_)) {
-                    SpecialOp::MaxPool { pool: *p, x, y }
+                    ScalarOp::MaxPool { pool: *p, x, y }
                 } else {
-                    SpecialOp::AvgPool { pool: *p, x, y }
+                    ScalarOp::AvgPool { pool: *p, x, y }
                 };
-                self.special(id, op, &[ins[0]])
+                self.scalar(id, op, &[ins[0]])
             }
             Op::MaxPool2dGrad(p) => {
                 let (x, y) = (self.nchw(ins[1]), self.nchw(ins[0]));
-                self.special(
+                self.scalar(
                     id,
-                    SpecialOp::MaxPoolGrad { pool: *p, x, y },
+                    ScalarOp::MaxPoolGrad { pool: *p, x, y },
                     &[ins[0], ins[1]],
                 )
             }
             Op::AvgPool2dGrad { pool, .. } => {
                 let (x, y) = (self.nchw(id), self.nchw(ins[0]));
-                self.special(id, SpecialOp::AvgPoolGrad { pool: *pool, x, y }, &[ins[0]])
+                self.scalar(id, ScalarOp::AvgPoolGrad { pool: *pool, x, y }, &[ins[0]])
             }
             Op::ShortcutA { stride, .. } => {
                 let (x, y) = (self.nchw(ins[0]), self.nchw(id));
-                self.special(
+                self.scalar(
                     id,
-                    SpecialOp::ShortcutA {
+                    ScalarOp::ShortcutA {
                         stride: *stride,
                         x,
                         y,
@@ -292,9 +298,9 @@ impl Lower<'_> {
             }
             Op::ShortcutAGrad { stride, .. } => {
                 let (x, y) = (self.nchw(id), self.nchw(ins[0]));
-                self.special(
+                self.scalar(
                     id,
-                    SpecialOp::ShortcutAGrad {
+                    ScalarOp::ShortcutAGrad {
                         stride: *stride,
                         x,
                         y,
@@ -327,11 +333,11 @@ impl Lower<'_> {
             Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => {
                 let k = self.ty(ins[0]).dims[0];
                 let op = if node.op == Op::SoftmaxCrossEntropy {
-                    SpecialOp::SoftmaxCrossEntropy { n: self.n, k }
+                    ScalarOp::SoftmaxCrossEntropy { n: self.n, k }
                 } else {
-                    SpecialOp::SoftmaxCrossEntropyGrad { n: self.n, k }
+                    ScalarOp::SoftmaxCrossEntropyGrad { n: self.n, k }
                 };
-                self.special(id, op, &[ins[0], ins[1]])
+                self.scalar(id, op, &[ins[0], ins[1]])
             }
             Op::BnMean { .. } | Op::BnVar { .. } | Op::BiasGrad | Op::BnGradGamma { .. } => {
                 self.reduction(id)?
@@ -389,12 +395,15 @@ impl Lower<'_> {
         self.launch(kind, vec![args[0], args[1], args[2], scratch], &[id]);
     }
 
-    fn special(&mut self, id: NodeId, op: SpecialOp, ins: &[NodeId]) {
+    fn scalar(&mut self, id: NodeId, op: ScalarOp, ins: &[NodeId]) {
+        let name = self.g.node(id).name.clone();
         let (_, out_elems) = op.extents();
-        let out = self.temp(&self.g.node(id).name.clone(), out_elems);
+        let out = self.temp(&name, out_elems);
         let mut args: Vec<BufRef> = ins.iter().map(|&i| self.buf(i)).collect();
         args.push(out);
-        self.launch(LaunchKind::Special(op), args, &[id]);
+        let func = self.kernels.len();
+        self.kernels.push(op.kernel(&format!("k{func}"), &name));
+        self.launch(LaunchKind::Scalar { func, op }, args, &[id]);
         self.value[id.index()] = Some(out);
     }
 

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use crate::kernels::expr::Dims;
 use crate::kernels::gemm::{ConvGeom, GemmDesc};
-use crate::special::SpecialOp;
+use crate::scalar_ops::ScalarOp;
 
 /// Index into [`Schedule::buffers`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,15 +37,9 @@ pub struct Buffer {
 #[derive(Clone, Debug, PartialEq)]
 pub enum LaunchKind {
     /// A JIT elementwise kernel over `dims`, split by the outer dimension.
-    Elementwise {
-        func: usize,
-        dims: Dims,
-    },
+    Elementwise { func: usize, dims: Dims },
     /// A JIT per-channel reduction, split by channel.
-    Reduce {
-        func: usize,
-        dims: Dims,
-    },
+    Reduce { func: usize, dims: Dims },
     /// `C = alpha·A·B + beta·C` (batched, strided) through matrixmultiply.
     Gemm(GemmDesc),
     /// A whole convolution pass, image by image: each of `parts` fixed chunks
@@ -58,7 +52,9 @@ pub enum LaunchKind {
         out_channels: usize,
         parts: usize,
     },
-    Special(SpecialOp),
+    /// A JIT scalar loop nest (pooling, shortcut, softmax cross-entropy),
+    /// split over `op.range()` planes or rows.
+    Scalar { func: usize, op: ScalarOp },
 }
 
 /// Which product a [`LaunchKind::Conv`] computes.
@@ -90,7 +86,7 @@ impl ConvPass {
 pub struct Launch {
     pub kind: LaunchKind,
     /// Buffers in the kernel's argument order (for GEMM: A, B, C; for
-    /// conv: see [`ConvPass`]; special: inputs then output).
+    /// conv: see [`ConvPass`]; scalar: inputs then output).
     pub args: Vec<BufRef>,
     /// Graph nodes this launch implements.
     pub nodes: Vec<String>,
@@ -156,7 +152,7 @@ impl Schedule {
                     "conv {pass:?} {}x{}x{} -> {out_channels} k{} s{} x{images} in {parts} chunks",
                     geom.c, geom.h, geom.w, geom.kh, geom.stride_h
                 ),
-                LaunchKind::Special(op) => op.name().to_string(),
+                LaunchKind::Scalar { func, op } => format!("{} k{func}", op.name()),
             };
             let _ = writeln!(
                 s,

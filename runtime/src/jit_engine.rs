@@ -89,6 +89,18 @@ impl JitEngine {
                 labels.len()
             )));
         }
+        // The loss kernels clamp labels to stay in bounds; a wrong label is
+        // still an error the caller must hear about.
+        let classes = self.forward.classes().unwrap_or(0);
+        if let Some((i, l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= classes)
+        {
+            return Err(EngineError::Invalid(format!(
+                "label {l} of item {i} is out of range for {classes} classes"
+            )));
+        }
         Ok(labels.len())
     }
 

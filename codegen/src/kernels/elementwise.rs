@@ -16,11 +16,11 @@
 //! overlapping buffers are not supported, nor writing a `ChanLoad` buffer.
 
 use cranelift_codegen::ir::types::I64;
-use cranelift_codegen::ir::{InstBuilder, Type, Value};
+use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 
 use super::expr::{BufId, Dims, ExprGraph, ExprId};
-use super::jit::{KernelError, KernelSpec, Result};
+use super::jit::{FuncEnv, KernelError, KernelSpec, Result};
 use super::lower::{counted_loop, emit_row, ChanMode, Chunk, Lowerer};
 
 /// One output stream: `buf[e] = value(e)`.
@@ -146,7 +146,8 @@ impl KernelSpec for ElementwiseKernel {
         Ok(())
     }
 
-    fn emit_body(&self, b: &mut FunctionBuilder, ptr_ty: Type, p: [Value; 4]) -> Result<()> {
+    fn emit_body(&self, b: &mut FunctionBuilder, env: &mut FuncEnv, p: [Value; 4]) -> Result<()> {
+        let ptr_ty = env.ptr_ty();
         let [args, keys, begin, end] = p;
         let Dims { chans, inner, .. } = self.dims;
         let mode = self.mode();

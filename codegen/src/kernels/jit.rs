@@ -66,7 +66,13 @@ pub trait KernelSpec {
     fn validate(&self) -> Result<()>;
     /// Emit the body; the builder is positioned in the entry block whose
     /// parameters are `[args, keys, begin, end]`. Must end with a return.
-    fn emit_body(&self, b: &mut FunctionBuilder, ptr_ty: Type, params: [Value; 4]) -> Result<()>;
+    /// `env` gives the pointer type and imports helpers (`expf`, `logf`).
+    fn emit_body(
+        &self,
+        b: &mut FunctionBuilder,
+        env: &mut FuncEnv,
+        params: [Value; 4],
+    ) -> Result<()>;
 }
 
 /// `extern "C"` helpers that JIT code may call (registered as symbols).
@@ -81,17 +87,31 @@ pub enum Helper {
     /// `gemm::dropjit_col2im(geom: *const ConvGeom, col, dx, n_images, n_threads)`
     Col2im,
     /// `exec::dropjit_run_op(op: *const LaunchKind, ptrs: *const *mut f32, n_threads)`:
-    /// a convolution pass or a helper op of the schedule.
+    /// a convolution pass.
     RunOp,
+    /// `expf(x: f32) -> f32` (Rust's `f32::exp`, as the interpreter uses).
+    Expf,
+    /// `logf(x: f32) -> f32` (Rust's `f32::ln`).
+    Logf,
+}
+
+extern "C" fn dropjit_expf(x: f32) -> f32 {
+    x.exp()
+}
+
+extern "C" fn dropjit_logf(x: f32) -> f32 {
+    x.ln()
 }
 
 impl Helper {
-    pub const ALL: [Helper; 5] = [
+    pub const ALL: [Helper; 7] = [
         Helper::ParallelFor,
         Helper::Sgemm,
         Helper::Im2col,
         Helper::Col2im,
         Helper::RunOp,
+        Helper::Expf,
+        Helper::Logf,
     ];
 
     pub fn symbol(self) -> &'static str {
@@ -101,6 +121,8 @@ impl Helper {
             Helper::Im2col => "dropjit_im2col",
             Helper::Col2im => "dropjit_col2im",
             Helper::RunOp => "dropjit_run_op",
+            Helper::Expf => "dropjit_expf",
+            Helper::Logf => "dropjit_logf",
         }
     }
 
@@ -111,18 +133,22 @@ impl Helper {
             Helper::Im2col => super::gemm::dropjit_im2col as *const u8,
             Helper::Col2im => super::gemm::dropjit_col2im as *const u8,
             Helper::RunOp => crate::exec::dropjit_run_op as *const u8,
+            Helper::Expf => dropjit_expf as *const u8,
+            Helper::Logf => dropjit_logf as *const u8,
         }
     }
 
-    /// Parameter types (no return values): `usize`/`isize` are pointer-sized.
+    /// Parameter and return types: `usize`/`isize` are pointer-sized.
     pub fn signature(self, ptr: Type, cc: CallConv) -> Signature {
-        let p: Vec<Type> = match self {
-            Helper::ParallelFor => vec![ptr, ptr, ptr, types::I64, ptr],
-            Helper::Sgemm | Helper::Im2col | Helper::Col2im => vec![ptr; 5],
-            Helper::RunOp => vec![ptr; 3],
+        let (p, r): (Vec<Type>, Vec<Type>) = match self {
+            Helper::ParallelFor => (vec![ptr, ptr, ptr, types::I64, ptr], vec![]),
+            Helper::Sgemm | Helper::Im2col | Helper::Col2im => (vec![ptr; 5], vec![]),
+            Helper::RunOp => (vec![ptr; 3], vec![]),
+            Helper::Expf | Helper::Logf => (vec![types::F32], vec![types::F32]),
         };
         let mut s = Signature::new(cc);
         s.params = p.into_iter().map(AbiParam::new).collect();
+        s.returns = r.into_iter().map(AbiParam::new).collect();
         s
     }
 }
@@ -321,7 +347,13 @@ fn emit_kernel(
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
     let p = b.block_params(entry).to_vec();
-    k.emit_body(&mut b, isa.pointer_type(), [p[0], p[1], p[2], p[3]])?;
+    let mut env = FuncEnv {
+        module: None,
+        ids: &[],
+        ptr_ty: isa.pointer_type(),
+        cc: isa.default_call_conv(),
+    };
+    k.emit_body(&mut b, &mut env, [p[0], p[1], p[2], p[3]])?;
     b.seal_all_blocks();
     b.finalize(isa.frontend_config());
     Ok(())
@@ -376,10 +408,10 @@ impl KernelModule {
         k.validate()?;
         let ptr = self.module.isa().pointer_type();
         let sig = kernel_signature(ptr, self.module.isa().default_call_conv());
-        self.define(k.symbol(), k.comment(), sig, &mut |b, _env| {
+        self.define(k.symbol(), k.comment(), sig, &mut |b, env| {
             let entry = b.current_block().expect("entry");
             let p = b.block_params(entry).to_vec();
-            k.emit_body(b, ptr, [p[0], p[1], p[2], p[3]])
+            k.emit_body(b, env, [p[0], p[1], p[2], p[3]])
         })
     }
 

@@ -19,11 +19,11 @@
 //! (several sums of one pass share one kernel and one read of the inputs).
 
 use cranelift_codegen::ir::types::{F32X4, F64, I64};
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
 
 use super::expr::{BufId, Dims, ExprGraph, ExprId};
-use super::jit::{KernelError, KernelSpec, Result};
+use super::jit::{FuncEnv, KernelError, KernelSpec, Result};
 use super::lower::{counted_loop, emit_row, ChanMode, Chunk, Lowerer};
 
 /// `buf[c] = scale * sum over (outer, i) of value`.
@@ -169,7 +169,8 @@ impl KernelSpec for ReduceKernel {
         Ok(())
     }
 
-    fn emit_body(&self, b: &mut FunctionBuilder, ptr_ty: Type, p: [Value; 4]) -> Result<()> {
+    fn emit_body(&self, b: &mut FunctionBuilder, env: &mut FuncEnv, p: [Value; 4]) -> Result<()> {
+        let ptr_ty = env.ptr_ty();
         let [args, keys, begin, end] = p;
         let Dims {
             outer,
