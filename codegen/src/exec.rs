@@ -283,7 +283,9 @@ fn emit_entry(
             .map(|&r| {
                 let buf = s.buffer(r);
                 match buf.kind {
-                    BufKind::Temp => b.ins().iadd_imm_u(arena, (buf.offset * 4) as i64),
+                    BufKind::Temp | BufKind::View { .. } => {
+                        b.ins().iadd_imm_u(arena, (buf.offset * 4) as i64)
+                    }
                     BufKind::State { offset } => b.ins().iadd_imm_u(state, (offset * 4) as i64),
                     BufKind::Image => images,
                     BufKind::Labels => labels,
@@ -364,17 +366,39 @@ fn spec(k: &KernelDef) -> &dyn KernelSpec {
     }
 }
 
-/// Offsets for every arena buffer from its first to its last launch.
+/// Offsets for every arena buffer from its first to its last launch. A view
+/// lives inside its slab, which lives as long as any of its views.
 fn plan_memory(s: &mut Schedule) -> Result<(), CodegenError> {
     let n = s.launches.len();
     let mut span: Vec<Option<(usize, usize)>> = vec![None; s.buffers.len()];
+    let mut widen = |b: usize, (f, l): (usize, usize)| {
+        span[b] = Some(match span[b] {
+            None => (f, l),
+            Some((f0, l0)) => (f0.min(f), l0.max(l)),
+        });
+    };
     for (i, l) in s.launches.iter().enumerate() {
         for b in &l.args {
-            let e = &mut span[b.0 as usize];
-            *e = Some(match *e {
-                None => (i, i),
-                Some((f, _)) => (f, i),
-            });
+            let home = match s.buffer(*b).kind {
+                BufKind::View { of, .. } => of,
+                _ => *b,
+            };
+            widen(home.0 as usize, (i, i));
+        }
+    }
+    for b in 0..s.buffers.len() {
+        let view = &s.buffers[b];
+        if let BufKind::View { of, at } = view.kind {
+            let slab = s.buffer(of);
+            if slab.kind != BufKind::Temp || at + view.elems > slab.elems {
+                return Err(CodegenError::Plan(format!(
+                    "view '{}' ({} elements at {at}) does not fit in arena buffer '{}' ({})",
+                    view.name, view.elems, slab.name, slab.elems
+                )));
+            }
+            if view.pinned {
+                s.buffers[of.0 as usize].pinned = true;
+            }
         }
     }
     let temps: Vec<usize> = (0..s.buffers.len())
@@ -396,6 +420,11 @@ fn plan_memory(s: &mut Schedule) -> Result<(), CodegenError> {
     arena::verify(&lifetimes, &plan).map_err(CodegenError::Plan)?;
     for (k, &i) in temps.iter().enumerate() {
         s.buffers[i].offset = plan.offsets[k] / 4;
+    }
+    for b in 0..s.buffers.len() {
+        if let BufKind::View { of, at } = s.buffers[b].kind {
+            s.buffers[b].offset = s.buffer(of).offset + at;
+        }
     }
     s.arena_elems = plan.size / 4;
     s.unshared_elems = plan.unshared / 4;
@@ -667,7 +696,7 @@ impl CompiledGraph {
             // SAFETY: offsets were checked against the arena and state sizes by `verify`.
             unsafe {
                 match buf.kind {
-                    BufKind::Temp => arena.add(buf.offset),
+                    BufKind::Temp | BufKind::View { .. } => arena.add(buf.offset),
                     BufKind::State { offset } => state_ptr.add(offset),
                     BufKind::Image => images.as_ptr() as *mut f32,
                     BufKind::Labels => labels_bits.as_ptr() as *mut f32,

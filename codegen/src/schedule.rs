@@ -17,6 +17,10 @@ pub enum BufKind {
     Temp,
     /// A slice of the persistent state (parameters, momentum, the lr slot).
     State { offset: usize },
+    /// Elements `at..at + elems` of another arena buffer (a parameter's
+    /// gradient inside the gradient slab its SGD class is updated from).
+    /// Its `offset` is set by the memory plan from the slab's.
+    View { of: BufRef, at: usize },
     /// The image batch, bound at run time.
     Image,
     /// The label batch (as f32 bit patterns of u32), bound at run time.
@@ -120,6 +124,7 @@ impl Schedule {
         for (i, b) in self.buffers.iter().enumerate() {
             let place = match b.kind {
                 BufKind::Temp => format!("arena+{}", b.offset * 4),
+                BufKind::View { of, .. } => format!("arena+{} (in b{})", b.offset * 4, of.0),
                 BufKind::State { offset } => format!("state+{}", offset * 4),
                 BufKind::Image => "image".into(),
                 BufKind::Labels => "labels".into(),
