@@ -49,32 +49,6 @@ pub fn init_params(g: &Graph, seed: u64) -> Vec<Vec<f32>> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gaussian_has_its_std() {
-        let p = Param {
-            name: "w".into(),
-            dims: vec![20000],
-            init: Init::Gaussian { std: 0.01 },
-            trainable: true,
-            lr_mult: 1.0,
-            decay_mult: 1.0,
-            fan_in: 1,
-            fan_out: 1,
-        };
-        let v = init_param(&p, 1, 0);
-        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
-        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
-        assert!(mean.abs() < 3e-4, "mean {mean}");
-        assert!((var.sqrt() - 0.01).abs() < 3e-4, "std {}", var.sqrt());
-        assert_eq!(v, init_param(&p, 1, 0));
-        assert_ne!(v, init_param(&p, 2, 0));
-    }
-}
-
 /// A generic point for gradient checks: He-normal weights and biases, BatchNorm
 /// affine terms spread around their defaults. Published initialisations (Caffe's
 /// std 1e-4, zero biases) put every ReLU input near zero, where a finite
@@ -103,4 +77,30 @@ pub fn generic_point(g: &Graph, seed: u64) -> Vec<Vec<f32>> {
                 .collect()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaussian_has_its_std() {
+        let p = Param {
+            name: "w".into(),
+            dims: vec![20000],
+            init: Init::Gaussian { std: 0.01 },
+            trainable: true,
+            lr_mult: 1.0,
+            decay_mult: 1.0,
+            fan_in: 1,
+            fan_out: 1,
+        };
+        let v = init_param(&p, 1, 0);
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
+        assert!(mean.abs() < 3e-4, "mean {mean}");
+        assert!((var.sqrt() - 0.01).abs() < 3e-4, "std {}", var.sqrt());
+        assert_eq!(v, init_param(&p, 1, 0));
+        assert_ne!(v, init_param(&p, 2, 0));
+    }
 }

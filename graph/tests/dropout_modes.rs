@@ -99,7 +99,7 @@ fn check_mode(mode: DropoutMode, pf: f64, pb: f64) {
         }
     }
     let y: Vec<f64> = h.iter().zip(&f).map(|(a, m)| a * m).collect();
-    let mut e = vec![0.0; N * OUT];
+    let mut e = [0.0; N * OUT];
     for n in 0..N {
         let z: Vec<f64> = (0..OUT)
             .map(|o| (0..HID).map(|j| w2[o * HID + j] * y[n * HID + j]).sum())
