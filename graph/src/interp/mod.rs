@@ -86,6 +86,19 @@ fn nchw(g: &Graph, id: NodeId, n: usize) -> Nchw {
 
 /// Runs `g` once; effect nodes update `state` in place.
 pub fn run<T: Real>(g: &Graph, state: &mut State<T>, inp: &Inputs<T>) -> Result<Values<T>> {
+    run_observed(g, state, inp, &mut |_, _| {})
+}
+
+/// [`run`], handing each node's value to `observe` as soon as it is computed
+/// and before any later node reads it: the caller may inspect it or replace it
+/// (teacher forcing, to compare another executor node by node). Effect nodes
+/// have no value and are not observed; their updates show in `state`.
+pub fn run_observed<T: Real>(
+    g: &Graph,
+    state: &mut State<T>,
+    inp: &Inputs<T>,
+    observe: &mut dyn FnMut(NodeId, &mut Vec<T>),
+) -> Result<Values<T>> {
     let n = inp.batch;
     check_inputs(g, state, inp)?;
     let mut values: Vec<Option<Vec<T>>> = Vec::with_capacity(g.nodes.len());
@@ -94,7 +107,7 @@ pub fn run<T: Real>(g: &Graph, state: &mut State<T>, inp: &Inputs<T>) -> Result<
         let x = |i: usize| -> &[T] { values[node.inputs[i].index()].as_deref().unwrap_or(&[]) };
         let xs = |i: usize| nchw(g, node.inputs[i], n);
         let ys = || nchw(g, id, n);
-        let out: Option<Vec<T>> = match &node.op {
+        let mut out: Option<Vec<T>> = match &node.op {
             Op::Image => Some(inp.images.to_vec()),
             Op::Labels { .. } => Some(inp.labels.iter().map(|&l| T::of(l as f64)).collect()),
             Op::Param(p) => Some(state.params[p.index()].clone()),
@@ -386,6 +399,9 @@ pub fn run<T: Real>(g: &Graph, state: &mut State<T>, inp: &Inputs<T>) -> Result<
                 None
             }
         };
+        if let Some(v) = out.as_mut() {
+            observe(id, v);
+        }
         values.push(out);
     }
     Ok(Values { values })
