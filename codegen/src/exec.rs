@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use dropjit_graph::Graph;
+use dropjit_graph::{Graph, NodeId};
 
 use crate::arena::{self, Lifetime};
 use crate::kernels::expr::Node as ExprNode;
@@ -73,6 +73,9 @@ pub struct CompiledGraph {
     funcs: Vec<KernelFn>,
     pub schedule: Schedule,
     outputs: Vec<(String, BufRef)>,
+    /// Arena buffers of node values, kept for [`CompiledGraph::node_value`]
+    /// (empty unless compiled with `keep_values`).
+    node_buffers: Vec<(NodeId, BufRef)>,
     arena: Arena,
     pub batch: usize,
     pub compile_ms: f64,
@@ -88,6 +91,9 @@ pub struct CompiledGraph {
 pub struct CompileOptions {
     /// Keep each function's CLIF (as built, before optimisation) for `--emit clif`.
     pub keep_clif: bool,
+    /// Give every arena buffer its own memory (no reuse), so each node's value
+    /// can be read after a step: for node-by-node checks, not for training.
+    pub keep_values: bool,
 }
 
 /// Compiles `g` (a step or evaluation graph) for batches of `batch` images.
@@ -106,8 +112,14 @@ pub fn compile(
     let lowered = lower(g, batch, layout)?;
     let t_lower = t0.elapsed();
     let mut schedule = lowered.schedule;
+    if opts.keep_values {
+        for b in &mut schedule.buffers {
+            b.pinned |= b.kind == BufKind::Temp;
+        }
+    }
     plan_memory(&mut schedule)?;
     verify(&schedule, &lowered.kernels, layout)?;
+    let node_buffers = kept_values(&schedule, lowered.node_buffers, opts);
     let t_plan = t0.elapsed();
     let mut module = KernelModule::new()?;
     if opts.keep_clif {
@@ -177,6 +189,7 @@ pub fn compile(
         funcs,
         schedule,
         outputs: lowered.outputs,
+        node_buffers,
         arena,
         batch,
         compile_ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -184,6 +197,25 @@ pub fn compile(
         entry_clif,
         profile: None,
     })
+}
+
+/// The node values [`CompiledGraph::node_value`] can report: those in arena
+/// buffers (a gradient viewed in its SGD slab included), when nothing reuses
+/// them. Parameters live in the state, which the SGD and running-statistics
+/// updates overwrite in place during the step, and the batch inputs are the
+/// caller's, so neither is reported.
+fn kept_values(
+    s: &Schedule,
+    node_buffers: Vec<(NodeId, BufRef)>,
+    opts: CompileOptions,
+) -> Vec<(NodeId, BufRef)> {
+    if !opts.keep_values {
+        return Vec::new();
+    }
+    node_buffers
+        .into_iter()
+        .filter(|&(_, b)| matches!(s.buffer(b).kind, BufKind::Temp | BufKind::View { .. }))
+        .collect()
 }
 
 /// The CLIF of every kernel of `g`, built for a fixed x86-64 target (not the
@@ -205,7 +237,11 @@ pub fn clif_text(g: &Graph, batch: usize, layout: &StateLayout) -> Result<String
     // The entry function calls the module's kernels, so it is built in a real
     // (host) module; its CLIF holds no addresses and nothing host-specific
     // beyond the x86-64 System V calling convention.
-    let compiled = compile(g, batch, layout, CompileOptions { keep_clif: true })?;
+    let opts = CompileOptions {
+        keep_clif: true,
+        ..Default::default()
+    };
+    let compiled = compile(g, batch, layout, opts)?;
     out.push_str(compiled.entry_clif.as_deref().unwrap_or_default());
     Ok(out)
 }
@@ -758,10 +794,29 @@ impl CompiledGraph {
     /// A named output (`loss`, `logits`) of the last run.
     pub fn output(&self, name: &str) -> Option<&[f32]> {
         let (_, b) = self.outputs.iter().find(|(n, _)| n == name)?;
-        let buf = self.schedule.buffer(*b);
+        Some(self.arena_buffer(*b))
+    }
+
+    /// Node `id`'s value in the last run, if the step materialised it in the
+    /// arena and was compiled with `keep_values` (see [`kept_values`]).
+    pub fn node_value(&self, id: NodeId) -> Option<&[f32]> {
+        let (_, b) = self.node_buffers.iter().find(|(n, _)| *n == id)?;
+        Some(self.arena_buffer(*b))
+    }
+
+    /// A pinned arena buffer or a view into one (outputs, or any buffer
+    /// under `keep_values`).
+    fn arena_buffer(&self, b: BufRef) -> &[f32] {
+        let buf = self.schedule.buffer(b);
+        let home = match buf.kind {
+            BufKind::View { of, .. } => self.schedule.buffer(of),
+            _ => buf,
+        };
+        debug_assert!(home.kind == BufKind::Temp && home.pinned);
         let arena = self.arena.ptr as *const f32;
-        // SAFETY: outputs are pinned arena buffers inside the verified arena.
-        Some(unsafe { std::slice::from_raw_parts(arena.add(buf.offset), buf.elems) })
+        // SAFETY: a pinned arena buffer lies inside the verified arena and no
+        // later launch of the step reuses its memory.
+        unsafe { std::slice::from_raw_parts(arena.add(buf.offset), buf.elems) }
     }
 
     /// Starts timing every launch (a little overhead per launch).

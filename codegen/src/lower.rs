@@ -49,6 +49,9 @@ pub struct Lowered {
     pub kernels: Vec<KernelDef>,
     /// Buffers of the graph's named outputs (`loss`, `logits`).
     pub outputs: Vec<(String, BufRef)>,
+    /// The buffer of every node given one, in node order. A reshape shares its
+    /// input's buffer; nodes fused into a loop and effect nodes have none.
+    pub node_buffers: Vec<(NodeId, BufRef)>,
 }
 
 /// Iteration space of a value: `[N, C, H, W]` as (N, C, H·W); `[N, F]` as (N, F, 1);
@@ -149,10 +152,15 @@ pub fn lower(g: &Graph, batch: usize, layout: &StateLayout) -> Result<Lowered, C
             (name.clone(), b)
         })
         .collect();
+    let node_buffers = g
+        .ids()
+        .filter_map(|id| Some((id, l.value[id.index()]?)))
+        .collect();
     Ok(Lowered {
         schedule: l.sched,
         kernels: l.kernels,
         outputs,
+        node_buffers,
     })
 }
 
