@@ -14,14 +14,10 @@ use dropjit_graph::interp::{run, Inputs, State, Values};
 use dropjit_graph::step::training_step;
 use dropjit_graph::step::SgdConfig;
 use dropjit_graph::{DropoutMode, Graph, LoadOptions, Op};
-use dropjit_tests::repo_root;
+use dropjit_tests::{model, rel_err};
 
 /// Relative tolerance (against the tensor's largest magnitude) for f32 after three steps.
 const TOL: f64 = 1e-4;
-
-fn model(path: &str) -> Graph {
-    dropjit_graph::load(&repo_root().join(path), LoadOptions::default()).expect("model loads")
-}
 
 const SEED: u64 = 17;
 
@@ -38,17 +34,6 @@ fn engine(kind: EngineKind, g: &Graph, dropout: DropoutConfig, threads: usize) -
         params: generic_point(g, 5),
     };
     create(kind, spec).expect("engine builds")
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let scale = b
-        .iter()
-        .fold(0.0f64, |m, v| m.max(v.abs() as f64))
-        .max(1e-3);
-    a.iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() as f64))
-        / scale
 }
 
 /// Smallest |x| / max|x| over the inputs of every ReLU in the oracle's step:

@@ -2,10 +2,31 @@
 
 use std::path::{Path, PathBuf};
 
+use dropjit_graph::{Graph, LoadOptions};
+
 /// The workspace root (the parent of this package's directory).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
+}
+
+/// A model file, by its path from the workspace root.
+pub fn model(path: &str) -> Graph {
+    dropjit_graph::load(&repo_root().join(path), LoadOptions::default()).expect("model loads")
+}
+
+/// Normwise relative difference of `a` from the reference `b`: the largest
+/// element difference over `b`'s largest magnitude (at least 1e-3, so values
+/// near zero are held to an absolute 1e-3 scale).
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs() as f64))
+        .max(1e-3);
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() as f64))
+        / scale
 }
