@@ -3,7 +3,9 @@
 //! steps starts from the oracle's state, and the loss, logits, every updated
 //! parameter, state tensor and momentum buffer must agree; then the evaluation
 //! logits. Starting each step from the oracle's state keeps one step's rounding
-//! from compounding into the next.
+//! from compounding into the next. Parameters are held to 1e-4 on kink-free
+//! steps only (see `kink_margin`); `per_node.rs` checks every node and every
+//! step without that exemption.
 
 use dropjit::engine::{create, Engine, EngineKind, EngineSpec};
 use dropjit_graph::dropout::DropoutConfig;
