@@ -78,6 +78,9 @@ pub struct CompiledGraph {
     node_buffers: Vec<(NodeId, BufRef)>,
     arena: Arena,
     pub batch: usize,
+    /// State elements and mask keys the generated code reads (checked per run).
+    state_len: usize,
+    key_slots: usize,
     pub compile_ms: f64,
     /// CLIF text of each kernel (when asked for at compile time).
     pub clif: Vec<String>,
@@ -144,6 +147,16 @@ pub fn compile(
         handles.push(h);
     }
     let (calls, descs) = launch_data(&schedule);
+    let key_slots = schedule
+        .launches
+        .iter()
+        .filter_map(|l| {
+            let (func, _) = kernel_range(&l.kind)?;
+            let used = lowered.kernels[func].key_slots();
+            (used > 0).then_some((l.key_base + used) as usize)
+        })
+        .max()
+        .unwrap_or(0);
     let entry_handle = module.add_function(
         "step",
         &format!("step entry: {} launches", schedule.launches.len()),
@@ -192,6 +205,8 @@ pub fn compile(
         node_buffers,
         arena,
         batch,
+        state_len: layout.len,
+        key_slots,
         compile_ms: t0.elapsed().as_secs_f64() * 1e3,
         clif,
         entry_clif,
@@ -349,6 +364,10 @@ fn emit_entry(
                 let kref = env.func(b.func, handles[func])?;
                 let kaddr = b.ins().func_addr(ptr, kref);
                 let total = b.ins().iconst(types::I64, total as i64);
+                let keys = match l.key_base {
+                    0 => keys,
+                    base => b.ins().iadd_imm_u(keys, base as i64 * 8),
+                };
                 b.ins()
                     .call(parallel_for, &[kaddr, args, keys, total, threads]);
             }
@@ -715,6 +734,17 @@ impl CompiledGraph {
             .iter()
             .find(|b| b.kind == BufKind::Image)
             .map_or(0, |b| b.elems);
+        // The generated code trusts these lengths: check them here, where a
+        // wrong caller gets an error rather than a wild read.
+        if state.len() < self.state_len || keys.len() < self.key_slots {
+            return Err(CodegenError::Unsupported(format!(
+                "state of {} values / {} mask keys; the program needs {} / {}",
+                state.len(),
+                keys.len(),
+                self.state_len,
+                self.key_slots
+            )));
+        }
         if images.len() != image_len || labels.len() != self.batch {
             return Err(CodegenError::Unsupported(format!(
                 "batch of {} images / {} labels does not fit a step compiled for {} ({} values)",
@@ -772,7 +802,7 @@ impl CompiledGraph {
                         global_pool().run_kernel(
                             self.funcs[func],
                             ptrs.as_ptr(),
-                            keys.as_ptr(),
+                            keys.as_ptr().add(l.key_base as usize),
                             total as i64,
                             threads,
                         )

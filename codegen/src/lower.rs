@@ -44,6 +44,26 @@ pub enum KernelDef {
     SoftmaxXent(SoftmaxXentKernel),
 }
 
+impl KernelDef {
+    /// See [`ExprGraph::rebase_keys`]; kernels without masks return 0.
+    fn rebase_keys(&mut self) -> u32 {
+        match self {
+            KernelDef::Elementwise(k) => k.graph.rebase_keys(),
+            KernelDef::Reduce(k) => k.graph.rebase_keys(),
+            _ => 0,
+        }
+    }
+
+    /// One past the largest key slot the kernel reads, relative to its base.
+    pub fn key_slots(&self) -> u32 {
+        match self {
+            KernelDef::Elementwise(k) => k.graph.key_slots(),
+            KernelDef::Reduce(k) => k.graph.key_slots(),
+            _ => 0,
+        }
+    }
+}
+
 pub struct Lowered {
     pub schedule: Schedule,
     pub kernels: Vec<KernelDef>,
@@ -205,7 +225,18 @@ impl Lower<'_> {
 
     fn launch(&mut self, kind: LaunchKind, args: Vec<BufRef>, nodes: &[NodeId]) {
         let nodes = nodes.iter().map(|&i| self.g.node(i).name.clone()).collect();
-        self.sched.launches.push(Launch { kind, args, nodes });
+        let key_base = match kind {
+            LaunchKind::Elementwise { func, .. } | LaunchKind::Reduce { func, .. } => {
+                self.kernels[func].rebase_keys()
+            }
+            _ => 0,
+        };
+        self.sched.launches.push(Launch {
+            kind,
+            args,
+            nodes,
+            key_base,
+        });
     }
 
     fn node(&mut self, id: NodeId) -> Result<(), CodegenError> {

@@ -94,6 +94,9 @@ pub struct Launch {
     pub args: Vec<BufRef>,
     /// Graph nodes this launch implements.
     pub nodes: Vec<String>,
+    /// First mask key slot of a kernel launch: the kernel reads
+    /// `keys[key_base + slot]` (its own slots start at 0).
+    pub key_base: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -159,9 +162,13 @@ impl Schedule {
                 ),
                 LaunchKind::Scalar { func, op } => format!("{} k{func}", op.name()),
             };
+            let keys = match l.key_base {
+                0 => String::new(),
+                base => format!(" keys+{base}"),
+            };
             let _ = writeln!(
                 s,
-                "{i:>4}: {what} ({})  ; {}",
+                "{i:>4}: {what}{keys} ({})  ; {}",
                 args.join(", "),
                 l.nodes.join(" ")
             );

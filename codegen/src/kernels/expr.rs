@@ -95,6 +95,33 @@ impl ExprGraph {
         &self.nodes[id.0 as usize]
     }
 
+    /// Renumbers the mask key slots so the smallest is 0 and returns how far
+    /// they moved: the caller passes `keys + base` instead of `keys`, so loops
+    /// that differ only in which dropout site they mask compile once.
+    pub fn rebase_keys(&mut self) -> u32 {
+        let base = self.mask_factors().map(|f| f.key.0).min().unwrap_or(0);
+        for n in &mut self.nodes {
+            if let Node::DropMask { factors, .. } = n {
+                for f in factors {
+                    f.key.0 -= base;
+                }
+            }
+        }
+        base
+    }
+
+    /// One past the largest key slot read (0 when no mask is applied).
+    pub fn key_slots(&self) -> u32 {
+        self.mask_factors().map(|f| f.key.0 + 1).max().unwrap_or(0)
+    }
+
+    fn mask_factors(&self) -> impl Iterator<Item = &MaskFactor> {
+        self.nodes.iter().flat_map(|n| match n {
+            Node::DropMask { factors, .. } => factors.as_slice(),
+            _ => &[],
+        })
+    }
+
     /// Appends a node (operands must already exist) and returns its id.
     pub fn push(&mut self, node: Node) -> ExprId {
         let id = ExprId(self.nodes.len() as u32);
