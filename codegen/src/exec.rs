@@ -131,21 +131,19 @@ pub fn compile(
     // Kernels differ only in the buffers they are handed at run time, so the
     // same loop (every block of a ResNet stage, every same-sized SGD update)
     // is compiled once.
-    let mut unique: std::collections::HashMap<String, crate::kernels::jit::FuncHandle> =
-        Default::default();
-    let mut handles = Vec::with_capacity(lowered.kernels.len());
+    let mut unique: std::collections::HashMap<String, usize> = Default::default();
+    let mut distinct: Vec<&dyn KernelSpec> = Vec::new();
+    let mut which = Vec::with_capacity(lowered.kernels.len());
     for k in &lowered.kernels {
-        let key = kernel_key(k);
-        let h = match unique.get(&key) {
-            Some(&h) => h,
-            None => {
-                let h = module.add_kernel(spec(k))?;
-                unique.insert(key, h);
-                h
-            }
-        };
-        handles.push(h);
+        let next = distinct.len();
+        let i = *unique.entry(kernel_key(k)).or_insert(next);
+        if i == next {
+            distinct.push(spec(k));
+        }
+        which.push(i);
     }
+    let compiled = module.add_kernels(&distinct)?;
+    let handles: Vec<_> = which.iter().map(|&i| compiled[i]).collect();
     let (calls, descs) = launch_data(&schedule);
     let key_slots = schedule
         .launches

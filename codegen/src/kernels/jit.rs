@@ -24,7 +24,7 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{FuncId, Linkage, Module};
+use cranelift_module::{FuncId, Linkage, Module, ModuleReloc};
 
 /// Errors of kernel construction and compilation.
 #[derive(Debug, thiserror::Error)]
@@ -245,7 +245,6 @@ struct FuncInfo {
 /// A JIT module for the host: add kernels/functions, then [`finalize`](Self::finalize) once.
 pub struct KernelModule {
     module: JITModule,
-    ctx: Context,
     fctx: FunctionBuilderContext,
     funcs: Vec<FuncInfo>,
     ids: Vec<FuncId>,
@@ -359,6 +358,53 @@ fn emit_kernel(
     Ok(())
 }
 
+/// A function built but not yet compiled.
+struct BuiltFunction {
+    id: FuncId,
+    name: String,
+    comment: String,
+    func: Function,
+    /// CLIF as built, when asked for.
+    clif: Option<String>,
+}
+
+/// What Cranelift produced for one function, ready for `define_function_bytes`.
+struct MachineCode {
+    alignment: u64,
+    bytes: Vec<u8>,
+    relocs: Vec<ModuleReloc>,
+    /// CLIF after optimisation, when asked for.
+    clif: Option<String>,
+}
+
+/// Compiles one function (callable from any thread: it owns its context).
+fn compile_function(
+    f: &BuiltFunction,
+    isa: &dyn TargetIsa,
+    keep_optimized: bool,
+) -> Result<MachineCode> {
+    let mut ctx = Context::for_function(f.func.clone());
+    ctx.compile(isa, &mut Default::default())
+        .map_err(|e| KernelError::Codegen(format!("{}: {:?}", f.name, e.inner)))?;
+    let code = ctx.compiled_code().expect("compiled just above");
+    let alignment = code.buffer.alignment as u64;
+    let bytes = code.code_buffer().to_vec();
+    let relocs = code
+        .buffer
+        .relocs()
+        .iter()
+        .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, f.id))
+        .collect();
+    let clif =
+        keep_optimized.then(|| format!("{}{}", comment_lines(&f.comment), ctx.func.display()));
+    Ok(MachineCode {
+        alignment,
+        bytes,
+        relocs,
+        clif,
+    })
+}
+
 impl KernelModule {
     /// A JIT module for the host ISA (verifier on in debug builds only).
     pub fn new() -> Result<Self> {
@@ -380,7 +426,6 @@ impl KernelModule {
         }
         Ok(Self {
             module: JITModule::new(jb),
-            ctx: Context::new(),
             fctx: FunctionBuilderContext::new(),
             funcs: vec![],
             ids: vec![],
@@ -427,14 +472,86 @@ impl KernelModule {
         self.define(name, comment, sig, body)
     }
 
-    fn define(
+    /// Adds kernels, compiling them on all cores: functions are built one by
+    /// one (cheap), then Cranelift compiles them in parallel, then the code is
+    /// placed in the module in order. The machine code does not depend on the
+    /// thread that compiled it. Returns one handle per kernel, in order.
+    pub fn add_kernels(&mut self, ks: &[&dyn KernelSpec]) -> Result<Vec<FuncHandle>> {
+        let t0 = Instant::now();
+        let ptr = self.module.isa().pointer_type();
+        let sig = kernel_signature(ptr, self.module.isa().default_call_conv());
+        let mut built = Vec::with_capacity(ks.len());
+        let timing = std::env::var_os("DROPJIT_TIMING").is_some();
+        for k in ks {
+            k.validate()?;
+            built.push(
+                self.build(k.symbol(), k.comment(), sig.clone(), &mut |b, env| {
+                    let entry = b.current_block().expect("entry");
+                    let p = b.block_params(entry).to_vec();
+                    k.emit_body(b, env, [p[0], p[1], p[2], p[3]])
+                })?,
+            );
+        }
+        let t_built = t0.elapsed();
+        let isa = self.module.isa();
+        let keep_optimized = self.keep_clif == Some(ClifStage::Optimized);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, built.len().max(1));
+        // Kernels differ a lot in size: threads take the next one as they go.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut compiled: Vec<(usize, Result<MachineCode>)> = std::thread::scope(|scope| {
+            let jobs: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(f) = built.get(i) else { break done };
+                            done.push((i, compile_function(f, isa, keep_optimized)));
+                        }
+                    })
+                })
+                .collect();
+            jobs.into_iter()
+                .flat_map(|j| j.join().expect("a compile thread panicked"))
+                .collect()
+        });
+        compiled.sort_by_key(|(i, _)| *i);
+        let compiled: Vec<MachineCode> = compiled
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect::<Result<_>>()?;
+        let mut handles = Vec::with_capacity(built.len());
+        for (f, code) in built.iter().zip(compiled) {
+            self.module
+                .define_function_bytes(f.id, code.alignment, &code.bytes, &code.relocs)?;
+            self.funcs.push(FuncInfo {
+                id: f.id,
+                clif: code.clif.or_else(|| f.clif.clone()),
+            });
+            self.ids.push(f.id);
+            handles.push(FuncHandle(self.funcs.len() - 1));
+        }
+        if timing {
+            eprintln!(
+                "kernels: {} built in {t_built:?}, compiled on {threads} threads and placed in {:?}",
+                built.len(),
+                t0.elapsed() - t_built
+            );
+        }
+        self.compile_time += t0.elapsed();
+        Ok(handles)
+    }
+
+    /// Declares `name` and builds its function (not yet compiled).
+    fn build(
         &mut self,
         name: &str,
         comment: &str,
         sig: Signature,
         body: &mut dyn FnMut(&mut FunctionBuilder, &mut FuncEnv) -> Result<()>,
-    ) -> Result<FuncHandle> {
-        let t0 = Instant::now();
+    ) -> Result<BuiltFunction> {
         if self.module.get_name(name).is_some() {
             return Err(KernelError::Invalid {
                 name: name.into(),
@@ -442,12 +559,11 @@ impl KernelModule {
             });
         }
         let id = self.module.declare_function(name, Linkage::Local, &sig)?;
-        self.module.clear_context(&mut self.ctx);
-        self.ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
+        let mut func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
         let ptr_ty = self.module.isa().pointer_type();
         let cc = self.module.isa().default_call_conv();
         {
-            let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+            let mut b = FunctionBuilder::new(&mut func, &mut self.fctx);
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
@@ -461,31 +577,35 @@ impl KernelModule {
             b.seal_all_blocks();
             b.finalize(self.module.isa().frontend_config());
         }
-        let mut clif = match self.keep_clif {
-            Some(ClifStage::Built) => Some(format!(
-                "{}{}",
-                comment_lines(comment),
-                self.ctx.func.display()
-            )),
-            _ => None,
-        };
+        let clif = (self.keep_clif == Some(ClifStage::Built))
+            .then(|| format!("{}{}", comment_lines(comment), func.display()));
+        Ok(BuiltFunction {
+            id,
+            name: name.to_string(),
+            comment: comment.to_string(),
+            func,
+            clif,
+        })
+    }
+
+    fn define(
+        &mut self,
+        name: &str,
+        comment: &str,
+        sig: Signature,
+        body: &mut dyn FnMut(&mut FunctionBuilder, &mut FuncEnv) -> Result<()>,
+    ) -> Result<FuncHandle> {
+        let t0 = Instant::now();
+        let f = self.build(name, comment, sig, body)?;
+        let keep_optimized = self.keep_clif == Some(ClifStage::Optimized);
+        let code = compile_function(&f, self.module.isa(), keep_optimized)?;
         self.module
-            .define_function(id, &mut self.ctx)
-            .map_err(|e| match e {
-                cranelift_module::ModuleError::Compilation(ce) => {
-                    KernelError::Codegen(format!("{name}: {ce:?}"))
-                }
-                other => other.into(),
-            })?;
-        if self.keep_clif == Some(ClifStage::Optimized) {
-            clif = Some(format!(
-                "{}{}",
-                comment_lines(comment),
-                self.ctx.func.display()
-            ));
-        }
-        self.funcs.push(FuncInfo { id, clif });
-        self.ids.push(id);
+            .define_function_bytes(f.id, code.alignment, &code.bytes, &code.relocs)?;
+        self.funcs.push(FuncInfo {
+            id: f.id,
+            clif: code.clif.or(f.clif),
+        });
+        self.ids.push(f.id);
         self.compile_time += t0.elapsed();
         Ok(FuncHandle(self.funcs.len() - 1))
     }
