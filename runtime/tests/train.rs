@@ -600,3 +600,75 @@ fn convnet_quick_learns_on_the_mini_set() {
         text(&out.stdout)
     );
 }
+
+/// `script` runs a command on a pseudo-terminal, where the bar must draw;
+/// `None` (reason printed) where that is not available.
+fn on_a_terminal(test: &str, cmd: &str) -> Option<Output> {
+    let probe = Command::new("script")
+        .args(["-qec", "true", "/dev/null"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "{test}: skipped: `script` (util-linux) cannot run a command on a pseudo-terminal here"
+        );
+        return None;
+    }
+    let out = Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .output()
+        .expect("run script");
+    Some(out)
+}
+
+#[test]
+fn progress_bar_draws_on_a_terminal_and_stays_out_of_logs() {
+    let Some(data) = test_data("progress_bar_draws_on_a_terminal_and_stays_out_of_logs") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, graph) = (data.display().to_string(), tiny());
+    let out_dir = tmp.path().join("tty");
+    let args = train_args(&data, &graph, out_dir.to_str().unwrap(), &["--epochs", "2"]);
+    let cmd = std::iter::once(env!("CARGO_BIN_EXE_dropjit").to_string())
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let Some(tty) = on_a_terminal("progress_bar_draws_on_a_terminal", &cmd) else {
+        return;
+    };
+    assert_ok(&tty);
+    let screen = text(&tty.stdout);
+    for part in [
+        "epoch 1/2 [",
+        "/16 it  loss ",
+        " img/s  ETA ",
+        "epoch 2/2 [====================] 16/16 it",
+        "epoch 1/2 (it 8/16)  train loss",
+        "done: 16 iterations",
+    ] {
+        assert!(
+            screen.contains(part),
+            "no `{part}` on the terminal:\n{screen}"
+        );
+    }
+    // Redirected to files (a log, a pipe): the per-epoch lines only, no bar.
+    let piped_dir = tmp.path().join("piped");
+    let piped = dropjit(
+        tmp.path(),
+        &train_args(
+            &data,
+            &graph,
+            piped_dir.to_str().unwrap(),
+            &["--epochs", "2"],
+        ),
+    );
+    assert_ok(&piped);
+    let (stdout, stderr) = (text(&piped.stdout), text(&piped.stderr));
+    assert!(stdout.contains("epoch 2/2 (it 16/16)"), "stdout:\n{stdout}");
+    for out in [&stdout, &stderr] {
+        assert!(
+            !out.contains("ETA") && !out.contains("\x1b["),
+            "a bar in a log:\n{out}"
+        );
+    }
+}
