@@ -220,6 +220,11 @@ fn run_files_have_their_keys_and_eval_agrees() {
         stdout.contains("epoch 1/1 (it 8/8)  train loss"),
         "{stdout}"
     );
+    // The fixture's recipe decays at iteration 10, past this 8-iteration run.
+    assert!(
+        stdout.contains("note: lr milestone(s) [10] are not before the last iteration (8)"),
+        "{stdout}"
+    );
     let dir = t.join("run");
 
     let config = json(&dir.join("config.json"));
@@ -665,6 +670,7 @@ fn progress_bar_draws_on_a_terminal_and_stays_out_of_logs() {
     assert_ok(&piped);
     let (stdout, stderr) = (text(&piped.stdout), text(&piped.stderr));
     assert!(stdout.contains("epoch 2/2 (it 16/16)"), "stdout:\n{stdout}");
+    assert!(!stdout.contains("note: lr milestone"), "stdout:\n{stdout}");
     for out in [&stdout, &stderr] {
         assert!(
             !out.contains("ETA") && !out.contains("\x1b["),

@@ -630,6 +630,21 @@ fn print_header(cfg: &RunConfig, data: &RunData, dir: &Path, what: &str) {
         ds.dir.display(),
         dir.display()
     );
+    if let ScheduleConfig::Multistep { milestones, .. } = &r.schedule {
+        let late: Vec<usize> = milestones
+            .iter()
+            .copied()
+            .filter(|&m| m >= r.iterations)
+            .collect();
+        if !late.is_empty() {
+            // Milestones are absolute iteration numbers; a shortened run
+            // keeps them, which is rarely what was meant.
+            println!(
+                "note: lr milestone(s) {late:?} are not before the last iteration ({}):                  that decay never happens; pass --milestones to rescale the schedule",
+                r.iterations
+            );
+        }
+    }
 }
 
 fn report(outcome: Outcome, dir: &Path) -> ExitCode {
