@@ -64,6 +64,13 @@ pub trait KernelSpec {
     /// What it implements; becomes the first CLIF comment line(s).
     fn comment(&self) -> &str;
     fn validate(&self) -> Result<()>;
+    /// The error `validate` reports, naming the kernel.
+    fn invalid(&self, msg: String) -> KernelError {
+        KernelError::Invalid {
+            name: self.symbol().to_string(),
+            msg,
+        }
+    }
     /// Emit the body; the builder is positioned in the entry block whose
     /// parameters are `[args, keys, begin, end]`. Must end with a return.
     /// `env` gives the pointer type and imports helpers (`expf`, `logf`).
@@ -313,13 +320,40 @@ pub fn fixed_isa() -> Result<OwnedTargetIsa> {
 /// Builds `k` for `isa` without a JIT and returns its CLIF text (with the comment).
 pub fn kernel_clif(k: &dyn KernelSpec, isa: &dyn TargetIsa, stage: ClifStage) -> Result<String> {
     k.validate()?;
-    let ptr = isa.pointer_type();
-    let sig = kernel_signature(ptr, isa.default_call_conv());
-    let mut ctx = Context::new();
-    ctx.func = Function::with_name_signature(UserFuncName::testcase(k.symbol()), sig);
-    let mut fctx = FunctionBuilderContext::new();
-    emit_kernel(k, &mut ctx.func, &mut fctx, isa)?;
-    finish_clif(&mut ctx, isa, k.comment(), stage)
+    let sig = kernel_signature(isa.pointer_type(), isa.default_call_conv());
+    function_clif(
+        k.symbol(),
+        k.comment(),
+        sig,
+        &mut |b, env| kernel_body(k, b, env),
+        isa,
+        stage,
+    )
+}
+
+/// The body of a kernel: `k` emitted on the entry block's `[args, keys, begin, end]`.
+fn kernel_body(k: &dyn KernelSpec, b: &mut FunctionBuilder, env: &mut FuncEnv) -> Result<()> {
+    let entry = b.current_block().expect("entry block");
+    let p = b.block_params(entry).to_vec();
+    k.emit_body(b, env, [p[0], p[1], p[2], p[3]])
+}
+
+/// Fills `func`: an entry block with the signature's parameters, then `body`.
+fn build_function(
+    func: &mut Function,
+    fctx: &mut FunctionBuilderContext,
+    env: &mut FuncEnv,
+    config: cranelift_codegen::isa::TargetFrontendConfig,
+    body: &mut dyn FnMut(&mut FunctionBuilder, &mut FuncEnv) -> Result<()>,
+) -> Result<()> {
+    let mut b = FunctionBuilder::new(func, fctx);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    body(&mut b, env)?;
+    b.seal_all_blocks();
+    b.finalize(config);
+    Ok(())
 }
 
 fn finish_clif(
@@ -333,29 +367,6 @@ fn finish_clif(
             .map_err(|e| KernelError::Codegen(format!("{e:?}")))?;
     }
     Ok(format!("{}{}", comment_lines(comment), ctx.func.display()))
-}
-
-fn emit_kernel(
-    k: &dyn KernelSpec,
-    func: &mut Function,
-    fctx: &mut FunctionBuilderContext,
-    isa: &dyn TargetIsa,
-) -> Result<()> {
-    let mut b = FunctionBuilder::new(func, fctx);
-    let entry = b.create_block();
-    b.append_block_params_for_function_params(entry);
-    b.switch_to_block(entry);
-    let p = b.block_params(entry).to_vec();
-    let mut env = FuncEnv {
-        module: None,
-        ids: &[],
-        ptr_ty: isa.pointer_type(),
-        cc: isa.default_call_conv(),
-    };
-    k.emit_body(&mut b, &mut env, [p[0], p[1], p[2], p[3]])?;
-    b.seal_all_blocks();
-    b.finalize(isa.frontend_config());
-    Ok(())
 }
 
 /// A function built but not yet compiled.
@@ -450,14 +461,7 @@ impl KernelModule {
 
     /// Adds a kernel with the [`KernelFn`] ABI.
     pub fn add_kernel(&mut self, k: &dyn KernelSpec) -> Result<FuncHandle> {
-        k.validate()?;
-        let ptr = self.module.isa().pointer_type();
-        let sig = kernel_signature(ptr, self.module.isa().default_call_conv());
-        self.define(k.symbol(), k.comment(), sig, &mut |b, env| {
-            let entry = b.current_block().expect("entry");
-            let p = b.block_params(entry).to_vec();
-            k.emit_body(b, env, [p[0], p[1], p[2], p[3]])
-        })
+        Ok(self.add_kernels(&[k])?[0])
     }
 
     /// Adds a function of any signature; `body` starts in the entry block
@@ -523,20 +527,13 @@ impl KernelModule {
             .map(|(_, c)| c)
             .collect::<Result<_>>()?;
         let mut handles = Vec::with_capacity(built.len());
-        for (f, code) in built.iter().zip(compiled) {
-            self.module
-                .define_function_bytes(f.id, code.alignment, &code.bytes, &code.relocs)?;
-            self.funcs.push(FuncInfo {
-                id: f.id,
-                clif: code.clif.or_else(|| f.clif.clone()),
-            });
-            self.ids.push(f.id);
-            handles.push(FuncHandle(self.funcs.len() - 1));
+        for (f, code) in built.into_iter().zip(compiled) {
+            handles.push(self.place(f, code)?);
         }
         if timing {
             eprintln!(
                 "kernels: {} built in {t_built:?}, compiled on {threads} threads and placed in {:?}",
-                built.len(),
+                handles.len(),
                 t0.elapsed() - t_built
             );
         }
@@ -560,23 +557,19 @@ impl KernelModule {
         }
         let id = self.module.declare_function(name, Linkage::Local, &sig)?;
         let mut func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
-        let ptr_ty = self.module.isa().pointer_type();
-        let cc = self.module.isa().default_call_conv();
-        {
-            let mut b = FunctionBuilder::new(&mut func, &mut self.fctx);
-            let entry = b.create_block();
-            b.append_block_params_for_function_params(entry);
-            b.switch_to_block(entry);
-            let mut env = FuncEnv {
-                module: Some(&mut self.module),
-                ids: &self.ids,
-                ptr_ty,
-                cc,
-            };
-            body(&mut b, &mut env)?;
-            b.seal_all_blocks();
-            b.finalize(self.module.isa().frontend_config());
-        }
+        let isa = self.module.isa();
+        let (ptr_ty, cc, config) = (
+            isa.pointer_type(),
+            isa.default_call_conv(),
+            isa.frontend_config(),
+        );
+        let mut env = FuncEnv {
+            module: Some(&mut self.module),
+            ids: &self.ids,
+            ptr_ty,
+            cc,
+        };
+        build_function(&mut func, &mut self.fctx, &mut env, config, body)?;
         let clif = (self.keep_clif == Some(ClifStage::Built))
             .then(|| format!("{}{}", comment_lines(comment), func.display()));
         Ok(BuiltFunction {
@@ -599,6 +592,13 @@ impl KernelModule {
         let f = self.build(name, comment, sig, body)?;
         let keep_optimized = self.keep_clif == Some(ClifStage::Optimized);
         let code = compile_function(&f, self.module.isa(), keep_optimized)?;
+        let h = self.place(f, code)?;
+        self.compile_time += t0.elapsed();
+        Ok(h)
+    }
+
+    /// Puts compiled code into the module (in the order functions were added).
+    fn place(&mut self, f: BuiltFunction, code: MachineCode) -> Result<FuncHandle> {
         self.module
             .define_function_bytes(f.id, code.alignment, &code.bytes, &code.relocs)?;
         self.funcs.push(FuncInfo {
@@ -606,7 +606,6 @@ impl KernelModule {
             clif: code.clif.or(f.clif),
         });
         self.ids.push(f.id);
-        self.compile_time += t0.elapsed();
         Ok(FuncHandle(self.funcs.len() - 1))
     }
 
@@ -673,32 +672,20 @@ pub fn function_clif(
 ) -> Result<String> {
     let mut ctx = Context::new();
     ctx.func = Function::with_name_signature(UserFuncName::testcase(name), sig);
-    let mut fctx = FunctionBuilderContext::new();
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let mut env = FuncEnv {
-            module: None,
-            ids: &[],
-            ptr_ty: isa.pointer_type(),
-            cc: isa.default_call_conv(),
-        };
-        body(&mut b, &mut env)?;
-        b.seal_all_blocks();
-        b.finalize(isa.frontend_config());
-    }
+    let mut env = FuncEnv {
+        module: None,
+        ids: &[],
+        ptr_ty: isa.pointer_type(),
+        cc: isa.default_call_conv(),
+    };
+    build_function(
+        &mut ctx.func,
+        &mut FunctionBuilderContext::new(),
+        &mut env,
+        isa.frontend_config(),
+        body,
+    )?;
     finish_clif(&mut ctx, isa, comment, stage)
-}
-
-/// Emits a kernel into a fresh function (used by the fixed-ISA printer).
-pub fn kernel_function(k: &dyn KernelSpec, isa: &dyn TargetIsa) -> Result<Function> {
-    let sig = kernel_signature(isa.pointer_type(), isa.default_call_conv());
-    let mut f = Function::with_name_signature(UserFuncName::testcase(k.symbol()), sig);
-    let mut fctx = FunctionBuilderContext::new();
-    emit_kernel(k, &mut f, &mut fctx, isa)?;
-    Ok(f)
 }
 
 #[cfg(test)]
