@@ -20,7 +20,7 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 
 use super::expr::{BufId, Dims, ExprGraph, ExprId};
-use super::jit::{FuncEnv, KernelError, KernelSpec, Result};
+use super::jit::{FuncEnv, KernelSpec, Result};
 use super::lower::{counted_loop, emit_row, ChanMode, Chunk, Lowerer};
 
 /// One output stream: `buf[e] = value(e)`.
@@ -55,13 +55,6 @@ impl ElementwiseKernel {
     pub fn output(mut self, buf: BufId, value: ExprId) -> Self {
         self.outputs.push(Output { buf, value });
         self
-    }
-
-    fn err(&self, msg: String) -> KernelError {
-        KernelError::Invalid {
-            name: self.symbol.clone(),
-            msg,
-        }
     }
 
     fn roots(&self) -> Vec<ExprId> {
@@ -120,26 +113,26 @@ impl KernelSpec for ElementwiseKernel {
     fn validate(&self) -> Result<()> {
         let d = self.dims;
         if d.outer == 0 || d.chans == 0 || d.inner == 0 {
-            return Err(self.err(format!("empty dims {d:?}")));
+            return Err(self.invalid(format!("empty dims {d:?}")));
         }
         if d.len() > u32::MAX as usize {
-            return Err(self.err("more than 2^32 elements".into()));
+            return Err(self.invalid("more than 2^32 elements".into()));
         }
         if self.outputs.is_empty() {
-            return Err(self.err("no outputs".into()));
+            return Err(self.invalid("no outputs".into()));
         }
         let live = self.graph.live(&self.roots());
         let (_, chan) = self.graph.buffers(&live);
         let mut seen = vec![];
         for o in &self.outputs {
             if o.value.0 as usize >= self.graph.nodes().len() {
-                return Err(self.err(format!("output {o:?} names no node")));
+                return Err(self.invalid(format!("output {o:?} names no node")));
             }
             if seen.contains(&o.buf) {
-                return Err(self.err(format!("buffer {:?} written twice", o.buf)));
+                return Err(self.invalid(format!("buffer {:?} written twice", o.buf)));
             }
             if chan.contains(&o.buf) {
-                return Err(self.err(format!("output {:?} is also a ChanLoad input", o.buf)));
+                return Err(self.invalid(format!("output {:?} is also a ChanLoad input", o.buf)));
             }
             seen.push(o.buf);
         }

@@ -18,7 +18,7 @@ use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 
-use super::jit::{FuncEnv, KernelError, KernelSpec, Result};
+use super::jit::{FuncEnv, KernelSpec, Result};
 use super::scalar::{
     arg_ptr, counted_loop, int, keep_greater, lane0, load_f32, mul_add, store_f32, zero_fill,
 };
@@ -113,13 +113,6 @@ struct Plane<'a> {
 }
 
 impl PoolKernel {
-    fn err(&self, msg: String) -> KernelError {
-        KernelError::Invalid {
-            name: self.symbol.clone(),
-            msg,
-        }
-    }
-
     /// One output of a window that lies inside the plane: the k×k taps at
     /// compile-time offsets from the window's corner, in row-major order.
     fn interior_window(&self, b: &mut FunctionBuilder, at: &Plane, oh: Value, ow: Value) {
@@ -277,16 +270,16 @@ impl KernelSpec for PoolKernel {
     fn validate(&self) -> Result<()> {
         let g = &self.geom;
         if self.planes == 0 || g.out_h == 0 || g.out_w == 0 || g.kernel == 0 || g.stride == 0 {
-            return Err(self.err(format!("empty pooling {g:?} over {} planes", self.planes)));
+            return Err(self.invalid(format!("empty pooling {g:?} over {} planes", self.planes)));
         }
         if self.planes.saturating_mul(g.in_plane().max(g.out_plane())) > u32::MAX as usize {
-            return Err(self.err("more than 2^32 elements".into()));
+            return Err(self.invalid("more than 2^32 elements".into()));
         }
         // Every window must hold at least one element of its plane: the max
         // starts from the first tap, and the bounds then stay inside the plane.
         for (len, outs) in [(g.in_h, g.out_h), (g.in_w, g.out_w)] {
             if let Some(o) = (0..outs).find(|&o| g.window(o, len).is_none()) {
-                return Err(self.err(format!("window {o} of {g:?} is empty")));
+                return Err(self.invalid(format!("window {o} of {g:?} is empty")));
             }
         }
         Ok(())

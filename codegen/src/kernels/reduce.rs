@@ -23,7 +23,7 @@ use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
 
 use super::expr::{BufId, Dims, ExprGraph, ExprId};
-use super::jit::{FuncEnv, KernelError, KernelSpec, Result};
+use super::jit::{FuncEnv, KernelSpec, Result};
 use super::lower::{counted_loop, emit_row, ChanMode, Chunk, Lowerer};
 
 /// `buf[c] = scale * sum over (outer, i) of value`.
@@ -60,13 +60,6 @@ impl ReduceKernel {
     pub fn sum(mut self, buf: BufId, value: ExprId, scale: f64) -> Self {
         self.sums.push(SumOutput { buf, value, scale });
         self
-    }
-
-    fn err(&self, msg: String) -> KernelError {
-        KernelError::Invalid {
-            name: self.symbol.clone(),
-            msg,
-        }
     }
 
     fn roots(&self) -> Vec<ExprId> {
@@ -142,25 +135,25 @@ impl KernelSpec for ReduceKernel {
     fn validate(&self) -> Result<()> {
         let d = self.dims;
         if d.outer == 0 || d.chans == 0 || d.inner == 0 {
-            return Err(self.err(format!("empty dims {d:?}")));
+            return Err(self.invalid(format!("empty dims {d:?}")));
         }
         if d.len() > u32::MAX as usize {
-            return Err(self.err("more than 2^32 elements".into()));
+            return Err(self.invalid("more than 2^32 elements".into()));
         }
         if self.sums.is_empty() {
-            return Err(self.err("no sums".into()));
+            return Err(self.invalid("no sums".into()));
         }
         let live = self.graph.live(&self.roots());
         let (elem, chan) = self.graph.buffers(&live);
         for (k, s) in self.sums.iter().enumerate() {
             if s.value.0 as usize >= self.graph.nodes().len() {
-                return Err(self.err(format!("sum {s:?} names no node")));
+                return Err(self.invalid(format!("sum {s:?} names no node")));
             }
             if elem.contains(&s.buf)
                 || chan.contains(&s.buf)
                 || self.sums[..k].iter().any(|t| t.buf == s.buf)
             {
-                return Err(self.err(format!(
+                return Err(self.invalid(format!(
                     "sum output {:?} is also read or written twice",
                     s.buf
                 )));

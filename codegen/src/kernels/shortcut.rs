@@ -12,7 +12,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 
-use super::jit::{FuncEnv, KernelError, KernelSpec, Result};
+use super::jit::{FuncEnv, KernelSpec, Result};
 use super::scalar::{arg_ptr, counted_loop, int, load_f32, mul_add, store_f32, zero_fill};
 
 /// Shapes of one image: input `[c_in, in_h, in_w]`, output `[c_out, out_h, out_w]`.
@@ -51,13 +51,6 @@ pub struct ShortcutKernel {
 }
 
 impl ShortcutKernel {
-    fn err(&self, msg: String) -> KernelError {
-        KernelError::Invalid {
-            name: self.symbol.clone(),
-            msg,
-        }
-    }
-
     /// The strided copy of one plane: `to[to_b + f(h, w)] = from[from_b + g(h, w)]`
     /// over the output grid, forward or backward.
     fn copy_plane(&self, b: &mut FunctionBuilder, from: (Value, Value), to: (Value, Value)) {
@@ -97,17 +90,17 @@ impl KernelSpec for ShortcutKernel {
     fn validate(&self) -> Result<()> {
         let g = self.geom;
         if self.images == 0 || g.c_in == 0 || g.out_h == 0 || g.out_w == 0 || g.stride == 0 {
-            return Err(self.err(format!("empty shortcut {g:?}")));
+            return Err(self.invalid(format!("empty shortcut {g:?}")));
         }
         if g.c_out < g.c_in
             || (g.out_h - 1) * g.stride >= g.in_h
             || (g.out_w - 1) * g.stride >= g.in_w
         {
-            return Err(self.err(format!("inconsistent shortcut {g:?}")));
+            return Err(self.invalid(format!("inconsistent shortcut {g:?}")));
         }
         let len = self.images * (g.c_in * g.in_plane()).max(g.c_out * g.out_plane());
         if len > u32::MAX as usize {
-            return Err(self.err("more than 2^32 elements".into()));
+            return Err(self.invalid("more than 2^32 elements".into()));
         }
         Ok(())
     }

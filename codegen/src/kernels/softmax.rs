@@ -17,7 +17,7 @@ use cranelift_codegen::ir::types::{F32, I32, I64};
 use cranelift_codegen::ir::{FuncRef, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
 
-use super::jit::{FuncEnv, Helper, KernelError, KernelSpec, Result};
+use super::jit::{FuncEnv, Helper, KernelSpec, Result};
 use super::scalar::{arg_ptr, counted_loop, int, load_f32, store_f32};
 
 /// Arguments `[logits, labels, out]`; `out` is one value (loss) or `rows·k` (grad).
@@ -39,13 +39,6 @@ struct Row {
 }
 
 impl SoftmaxXentKernel {
-    fn err(&self, msg: String) -> KernelError {
-        KernelError::Invalid {
-            name: self.symbol.clone(),
-            msg,
-        }
-    }
-
     fn call(b: &mut FunctionBuilder, f: FuncRef, x: Value) -> Value {
         let c = b.ins().call(f, &[x]);
         b.inst_results(c)[0]
@@ -112,10 +105,10 @@ impl KernelSpec for SoftmaxXentKernel {
 
     fn validate(&self) -> Result<()> {
         if self.rows == 0 || self.k == 0 {
-            return Err(self.err(format!("{} rows of {} logits", self.rows, self.k)));
+            return Err(self.invalid(format!("{} rows of {} logits", self.rows, self.k)));
         }
         if self.rows.saturating_mul(self.k) > u32::MAX as usize {
-            return Err(self.err("more than 2^32 elements".into()));
+            return Err(self.invalid("more than 2^32 elements".into()));
         }
         Ok(())
     }
