@@ -3,30 +3,13 @@
 //! their description in the schedule (name, operand extents, split range);
 //! the loops themselves are emitted by `kernels::{pool, shortcut, softmax}`.
 
+pub use dropjit_graph::interp::Nchw;
 use dropjit_graph::op::PoolAttrs;
 
 use crate::kernels::pool::{PoolGeom, PoolKernel, PoolKind};
 use crate::kernels::shortcut::{ShortcutGeom, ShortcutKernel};
 use crate::kernels::softmax::SoftmaxXentKernel;
 use crate::lower::KernelDef;
-
-/// `[N, C, H, W]` of one operand.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Nchw {
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-}
-
-impl Nchw {
-    pub fn len(&self) -> usize {
-        self.n * self.c * self.h * self.w
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum ScalarOp {

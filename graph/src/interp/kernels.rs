@@ -5,7 +5,7 @@ use super::real::Real;
 use crate::op::{Conv2dAttrs, PoolAttrs};
 
 /// `[N, C, H, W]` extents of an image batch.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Nchw {
     pub n: usize,
     pub c: usize,
@@ -19,6 +19,9 @@ impl Nchw {
     }
     pub fn len(&self) -> usize {
         self.n * self.c * self.h * self.w
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -6,7 +6,7 @@
 mod kernels;
 mod real;
 
-pub use kernels::window;
+pub use kernels::{window, Nchw};
 pub use real::Real;
 
 use crate::error::{GraphError, Result};
@@ -14,7 +14,7 @@ use crate::graph::Graph;
 use crate::ids::{NodeId, ParamId};
 use crate::mask::{is_kept, keep_threshold, mask_key};
 use crate::op::Op;
-use kernels::{channel_of, channel_sum, Nchw};
+use kernels::{channel_of, channel_sum};
 
 /// Parameters and optimiser state, by `ParamId`.
 #[derive(Clone, Debug, PartialEq)]
