@@ -3,7 +3,7 @@
 //! evaluation pass, built for a fixed x86-64 target so the text does not
 //! depend on the host. Fusion decisions are asserted, not only snapshotted.
 
-use dropjit_codegen::{clif_text, plan_text, StateLayout};
+use dropjit_codegen::{clif_text, plan_text, ConvIsa, StateLayout};
 use dropjit_graph::dropout::DropoutConfig;
 use dropjit_graph::eval::evaluation;
 use dropjit_graph::step::{training_step, SgdConfig};
@@ -28,7 +28,9 @@ fn step(g: &Graph) -> Graph {
 fn plans_of_both_models() {
     for name in ["convnet_quick", "resnet20"] {
         let g = model(&format!("models/{name}.json"));
-        let plan = plan_text(&step(&g), 8, &StateLayout::new(&g)).expect("plan");
+        // The plan names the instruction set: fixed here, so the text is the same
+        // on every machine (nothing runs).
+        let plan = plan_text(&step(&g), 8, &StateLayout::new(&g), ConvIsa::Avx512).expect("plan");
         insta::assert_snapshot!(format!("{name}_step_plan"), plan);
         // BatchNorm-apply, ReLU and the forward mask run as one loop.
         if name == "resnet20" {

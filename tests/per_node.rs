@@ -13,7 +13,7 @@
 //! from forced inputs and the loop's stored results are compared. The SGD and
 //! running-statistics updates are compared through the state after the step.
 
-use dropjit_codegen::{compile, step_keys, CompileOptions, CompiledGraph, StateLayout};
+use dropjit_codegen::{compile, step_keys, CompileOptions, CompiledGraph, ConvIsa, StateLayout};
 use dropjit_graph::dropout::DropoutConfig;
 use dropjit_graph::gradcheck::random_batch;
 use dropjit_graph::init::generic_point;
@@ -84,7 +84,7 @@ struct StepPair {
 }
 
 impl StepPair {
-    fn new(path: &str, batch: usize, dropout: DropoutConfig) -> Self {
+    fn new(path: &str, batch: usize, dropout: DropoutConfig, isa: ConvIsa) -> Self {
         let g = model(path);
         let sgd = SgdConfig {
             momentum: 0.9,
@@ -94,6 +94,7 @@ impl StepPair {
         let layout = StateLayout::new(&g);
         let opts = CompileOptions {
             keep_values: true,
+            isa: Some(isa),
             ..Default::default()
         };
         let jit = compile(&step_graph, batch, &layout, opts).expect("compiles");
@@ -171,8 +172,8 @@ impl StepPair {
 /// `STEPS` training steps of `path` in one dropout mode, each from the
 /// interpreter's state after the last; every node the JIT materialises and
 /// every state tensor must agree with the forced interpreter.
-fn check(path: &str, batch: usize, (mode, fwd, bwd): (DropoutMode, f64, f64)) {
-    let mut pair = StepPair::new(path, batch, DropoutConfig { mode, fwd, bwd });
+fn check(path: &str, batch: usize, (mode, fwd, bwd): (DropoutMode, f64, f64), isa: ConvIsa) {
+    let mut pair = StepPair::new(path, batch, DropoutConfig { mode, fwd, bwd }, isa);
     let mut state = State::<f32>::new(&pair.model, &generic_point(&pair.model, 5));
     let mut diffs = Diffs::default();
     let mut compared = 0;
@@ -180,7 +181,7 @@ fn check(path: &str, batch: usize, (mode, fwd, bwd): (DropoutMode, f64, f64)) {
         compared = pair.run(&mut state, step, &mut diffs);
     }
     eprintln!(
-        "{path} {mode:?}: {compared} of {} nodes compared per step; worst node {}, worst state {}",
+        "{path} {mode:?} {isa}: {compared} of {} nodes compared per step; worst node {}, worst state {}",
         pair.step_graph.nodes.len(),
         worst(&diffs.nodes),
         worst(&diffs.state)
@@ -188,15 +189,19 @@ fn check(path: &str, batch: usize, (mode, fwd, bwd): (DropoutMode, f64, f64)) {
     let failures = diffs.failures();
     assert!(
         failures.is_empty(),
-        "{path} {mode:?}: {} values differ by {TOL:e} or more:\n{}",
+        "{path} {mode:?} {isa}: {} values differ by {TOL:e} or more:\n{}",
         failures.len(),
         failures.join("\n")
     );
 }
 
+/// Every mode on every convolution instruction set this CPU runs (the
+/// portable path always; the vector paths where the CPU has them).
 fn all_modes(path: &str, batch: usize) {
-    for mode in MODES {
-        check(path, batch, mode);
+    for isa in ConvIsa::ALL.into_iter().filter(|i| i.available()) {
+        for mode in MODES {
+            check(path, batch, mode, isa);
+        }
     }
 }
 

@@ -6,13 +6,14 @@ use std::time::Instant;
 use dropjit_graph::{Graph, NodeId};
 
 use crate::arena::{self, Lifetime};
+use crate::conv::{ConvIsa, ConvLaunch};
 use crate::kernels::expr::Node as ExprNode;
-use crate::kernels::gemm::{col2im_image, dropjit_sgemm, im2col_image, ConvGeom, GemmDesc};
+use crate::kernels::gemm::{dropjit_sgemm, GemmDesc};
 use crate::kernels::jit::{ClifStage, CompiledModule, KernelFn, KernelModule, KernelSpec};
 use crate::kernels::parallel::global_pool;
 use crate::layout::StateLayout;
 use crate::lower::{lower, KernelDef};
-use crate::schedule::{BufKind, BufRef, ConvPass, LaunchKind, Schedule};
+use crate::schedule::{BufKind, BufRef, LaunchKind, Schedule};
 use crate::CodegenError;
 
 /// The arena: zeroed, 64-byte aligned f32 storage. Allocated zeroed by the
@@ -65,7 +66,7 @@ pub struct CompiledGraph {
     entry: EntryFn,
     /// Owned by the graph: the generated code holds their addresses.
     #[allow(dead_code)]
-    calls: Vec<Option<Box<LaunchKind>>>,
+    calls: Vec<Option<Box<ConvLaunch>>>,
     #[allow(dead_code)]
     descs: Vec<Option<Box<GemmDesc>>>,
     /// Per launch: address of `descs[i]` or `calls[i]`, or 0.
@@ -97,6 +98,8 @@ pub struct CompileOptions {
     /// Give every arena buffer its own memory (no reuse), so each node's value
     /// can be read after a step: for node-by-node checks, not for training.
     pub keep_values: bool,
+    /// Instruction set of the convolution passes; `None`: [`ConvIsa::selected`].
+    pub isa: Option<ConvIsa>,
 }
 
 /// Compiles `g` (a step or evaluation graph) for batches of `batch` images.
@@ -111,8 +114,17 @@ pub fn compile(
             "batch size must be at least 1".into(),
         ));
     }
+    let isa = match opts.isa {
+        Some(isa) => isa,
+        None => ConvIsa::selected().map_err(CodegenError::Unsupported)?,
+    };
+    if !isa.available() {
+        return Err(CodegenError::Unsupported(format!(
+            "this CPU does not run the {isa} convolution kernels"
+        )));
+    }
     let t0 = Instant::now();
-    let lowered = lower(g, batch, layout)?;
+    let lowered = lower(g, batch, layout, isa)?;
     let t_lower = t0.elapsed();
     let mut schedule = lowered.schedule;
     if opts.keep_values {
@@ -186,7 +198,7 @@ pub fn compile(
         .iter()
         .zip(&descs)
         .map(|(c, d)| match (c, d) {
-            (Some(c), _) => &**c as *const LaunchKind as usize,
+            (Some(c), _) => &**c as *const ConvLaunch as usize,
             (_, Some(d)) => &**d as *const GemmDesc as usize,
             _ => 0,
         })
@@ -236,7 +248,9 @@ fn kept_values(
 /// function that launches them: for `--emit clif` and the snapshot tests.
 /// Each function starts with a comment naming its graph nodes.
 pub fn clif_text(g: &Graph, batch: usize, layout: &StateLayout) -> Result<String, CodegenError> {
-    let lowered = lower(g, batch, layout)?;
+    // Convolutions are calls to the engine whatever the instruction set, so
+    // the portable one keeps the text the same on every machine.
+    let lowered = lower(g, batch, layout, ConvIsa::Portable)?;
     let isa = crate::kernels::jit::fixed_isa()?;
     let mut out = String::new();
     for k in &lowered.kernels {
@@ -252,6 +266,7 @@ pub fn clif_text(g: &Graph, batch: usize, layout: &StateLayout) -> Result<String
     // beyond the x86-64 System V calling convention.
     let opts = CompileOptions {
         keep_clif: true,
+        isa: Some(ConvIsa::Portable),
         ..Default::default()
     };
     let compiled = compile(g, batch, layout, opts)?;
@@ -259,9 +274,15 @@ pub fn clif_text(g: &Graph, batch: usize, layout: &StateLayout) -> Result<String
     Ok(out)
 }
 
-/// The schedule and memory plan of `g` at `batch`, as `--emit plan` prints it.
-pub fn plan_text(g: &Graph, batch: usize, layout: &StateLayout) -> Result<String, CodegenError> {
-    let lowered = lower(g, batch, layout)?;
+/// The schedule and memory plan of `g` at `batch` with convolutions on
+/// `isa`, as `--emit plan` prints it.
+pub fn plan_text(
+    g: &Graph,
+    batch: usize,
+    layout: &StateLayout,
+    isa: ConvIsa,
+) -> Result<String, CodegenError> {
+    let lowered = lower(g, batch, layout, isa)?;
     let mut schedule = lowered.schedule;
     plan_memory(&mut schedule)?;
     verify(&schedule, &lowered.kernels, layout)?;
@@ -278,13 +299,16 @@ fn entry_signature(m: &KernelModule) -> cranelift_codegen::ir::Signature {
 
 /// Per launch: the boxed convolution pass or GEMM
 /// descriptor whose address the entry function passes on.
-type LaunchData = (Vec<Option<Box<LaunchKind>>>, Vec<Option<Box<GemmDesc>>>);
+type LaunchData = (Vec<Option<Box<ConvLaunch>>>, Vec<Option<Box<GemmDesc>>>);
 
 fn launch_data(s: &Schedule) -> LaunchData {
     let calls = s
         .launches
         .iter()
-        .map(|l| matches!(l.kind, LaunchKind::Conv { .. }).then(|| Box::new(l.kind.clone())))
+        .map(|l| match &l.kind {
+            LaunchKind::Conv(c) => Some(Box::new(c.clone())),
+            _ => None,
+        })
         .collect();
     let descs = s
         .launches
@@ -306,7 +330,7 @@ fn emit_entry(
     env: &mut crate::kernels::jit::FuncEnv,
     s: &Schedule,
     handles: &[crate::kernels::jit::FuncHandle],
-    calls: &[Option<Box<LaunchKind>>],
+    calls: &[Option<Box<ConvLaunch>>],
     descs: &[Option<Box<GemmDesc>>],
 ) -> Result<(), crate::kernels::jit::KernelError> {
     use crate::kernels::jit::Helper;
@@ -375,7 +399,7 @@ fn emit_entry(
                 b.ins()
                     .call(sgemm, &[d, addrs[0], addrs[1], addrs[2], threads]);
             }
-            LaunchKind::Conv { .. } => {
+            LaunchKind::Conv(_) => {
                 debug_assert!(calls[i].is_some(), "a boxed pass per conv launch");
                 let args = array(b, &addrs);
                 let op = entry_of(b, i);
@@ -546,24 +570,8 @@ fn verify(s: &Schedule, kernels: &[KernelDef], layout: &StateLayout) -> Result<(
                 need = (0..3).map(|w| gemm_extent(d, w)).collect();
                 written.push(2);
             }
-            LaunchKind::Conv {
-                pass,
-                geom,
-                images,
-                out_channels,
-                parts,
-            } => {
-                let (x, y) = (
-                    images * geom.image_len(),
-                    images * out_channels * geom.col_cols(),
-                );
-                let w = out_channels * geom.col_rows();
-                need = match pass {
-                    ConvPass::Forward => vec![x, w, y],
-                    ConvPass::GradInput => vec![y, w, x],
-                    ConvPass::GradWeight => vec![y, x, w],
-                };
-                need.push(pass.scratch(geom, *out_channels, *parts));
+            LaunchKind::Conv(c) => {
+                need = c.extents().to_vec();
                 written.extend([2, 3]);
             }
             LaunchKind::Scalar { op, .. } => {
@@ -599,120 +607,19 @@ fn verify(s: &Schedule, kernels: &[KernelDef], layout: &StateLayout) -> Result<(
     Ok(())
 }
 
-/// Called by the generated step function for every convolution pass and
-/// helper op: `op` is that launch's kind, owned by the compiled graph and
-/// reached through the entry's table argument.
+/// Called by the generated step function for every convolution pass: `op`
+/// is that launch, owned by the compiled graph and reached through the
+/// entry's table argument.
 ///
 /// # Safety
-/// `op` is a live Conv launch kind; `ptrs` holds its buffers with the extents that
-/// `verify` checked.
+/// `op` is a live launch; `ptrs` holds its four buffers with the extents
+/// that `verify` checked.
 pub unsafe extern "C" fn dropjit_run_op(
-    op: *const LaunchKind,
+    op: *const ConvLaunch,
     ptrs: *const *mut f32,
     threads: usize,
 ) {
-    match &*op {
-        LaunchKind::Conv {
-            pass,
-            geom,
-            images,
-            out_channels,
-            parts,
-        } => {
-            let ptrs = std::slice::from_raw_parts(ptrs, 4);
-            conv_pass(*pass, geom, *images, *out_channels, *parts, ptrs, threads)
-        }
-        // The entry function calls the pool or sgemm for these, never this helper.
-        LaunchKind::Elementwise { .. }
-        | LaunchKind::Reduce { .. }
-        | LaunchKind::Scalar { .. }
-        | LaunchKind::Gemm(_) => {
-            unreachable!("dropjit_run_op is only called for convolution launches")
-        }
-    }
-}
-
-/// One convolution pass, chunk by chunk (see [`LaunchKind::Conv`]).
-///
-/// # Safety
-/// `ptrs` = the launch's four buffers with the extents checked by `verify`.
-unsafe fn conv_pass(
-    pass: ConvPass,
-    g: &ConvGeom,
-    images: usize,
-    co: usize,
-    parts: usize,
-    ptrs: &[*mut f32],
-    threads: usize,
-) {
-    let (kk, hw) = (g.col_rows(), g.col_cols());
-    let p: Vec<usize> = ptrs.iter().map(|&q| q as usize).collect();
-    let run = |chunk: usize| {
-        let col = (p[3] as *mut f32).add(chunk * kk * hw);
-        let first = images * chunk / parts;
-        for n in first..images * (chunk + 1) / parts {
-            match pass {
-                ConvPass::Forward => {
-                    im2col_image(g, (p[0] as *const f32).add(n * g.image_len()), col);
-                    let d = GemmDesc::row_major(co, kk, hw, 1.0, 0.0);
-                    dropjit_sgemm(
-                        &d,
-                        p[1] as *const f32,
-                        col,
-                        (p[2] as *mut f32).add(n * co * hw),
-                        1,
-                    );
-                }
-                ConvPass::GradInput => {
-                    // dcol = Wᵀ · dy_n
-                    let mut d = GemmDesc::row_major(kk, co, hw, 1.0, 0.0);
-                    d.rsa = 1;
-                    d.csa = kk as isize;
-                    dropjit_sgemm(
-                        &d,
-                        p[1] as *const f32,
-                        (p[0] as *const f32).add(n * co * hw),
-                        col,
-                        1,
-                    );
-                    let dx = (p[2] as *mut f32).add(n * g.image_len());
-                    std::ptr::write_bytes(dx, 0, g.image_len());
-                    col2im_image(g, col, dx);
-                }
-                ConvPass::GradWeight => {
-                    im2col_image(g, (p[1] as *const f32).add(n * g.image_len()), col);
-                    let acc = if chunk == 0 {
-                        p[2] as *mut f32
-                    } else {
-                        (p[3] as *mut f32).add(parts * kk * hw + (chunk - 1) * co * kk)
-                    };
-                    // acc[Co, K] (+)= dy_n[Co, HW] · colᵀ[HW, K]
-                    let mut d =
-                        GemmDesc::row_major(co, hw, kk, 1.0, if n == first { 0.0 } else { 1.0 });
-                    d.rsb = 1;
-                    d.csb = hw as isize;
-                    dropjit_sgemm(&d, (p[0] as *const f32).add(n * co * hw), col, acc, 1);
-                }
-            }
-        }
-    };
-    if threads > 1 && parts > 1 {
-        global_pool().parallel_for(parts, &run);
-    } else {
-        (0..parts).for_each(run);
-    }
-    if pass == ConvPass::GradWeight {
-        let dw = std::slice::from_raw_parts_mut(p[2] as *mut f32, co * kk);
-        for chunk in 1..parts {
-            let part = std::slice::from_raw_parts(
-                (p[3] as *const f32).add(parts * kk * hw + (chunk - 1) * co * kk),
-                co * kk,
-            );
-            for (x, y) in dw.iter_mut().zip(part) {
-                *x += y;
-            }
-        }
-    }
+    (*op).run(std::slice::from_raw_parts(ptrs, 4), threads)
 }
 
 impl CompiledGraph {
@@ -807,8 +714,8 @@ impl CompiledGraph {
                     }
                     LaunchKind::Gemm(d) => dropjit_sgemm(d, ptrs[0], ptrs[1], ptrs[2], threads),
                     // The same helper the generated entry calls, same pass.
-                    LaunchKind::Conv { .. } => {
-                        dropjit_run_op(self.table[li] as *const LaunchKind, ptrs.as_ptr(), threads)
+                    LaunchKind::Conv(_) => {
+                        dropjit_run_op(self.table[li] as *const ConvLaunch, ptrs.as_ptr(), threads)
                     }
                 }
             }
@@ -884,7 +791,7 @@ impl CompiledGraph {
                 LaunchKind::Elementwise { .. } => "elementwise".to_string(),
                 LaunchKind::Reduce { .. } => "reduce".to_string(),
                 LaunchKind::Gemm(_) => "sgemm".to_string(),
-                LaunchKind::Conv { pass, .. } => format!("conv {pass:?}"),
+                LaunchKind::Conv(c) => format!("conv {:?}", c.pass),
                 LaunchKind::Scalar { op, .. } => op.name().to_string(),
             };
             *by.entry(k).or_default() += t;

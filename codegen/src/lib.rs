@@ -3,6 +3,7 @@
 //! runs the result. It reads no files and knows no data sets.
 
 pub mod arena;
+pub mod conv;
 pub mod exec;
 pub mod kernels;
 pub mod layout;
@@ -10,6 +11,7 @@ pub mod lower;
 pub mod scalar_ops;
 pub mod schedule;
 
+pub use conv::ConvIsa;
 pub use exec::{clif_text, compile, plan_text, CompileOptions, CompiledGraph};
 pub use layout::{step_keys, StateLayout};
 

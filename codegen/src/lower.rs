@@ -1,7 +1,8 @@
 //! Lowering a step or evaluation graph to a [`Schedule`] plus the JIT kernels it
 //! launches.
 //!
-//! - Convolutions and linear layers become im2col / col2im and batched SGEMM.
+//! - Each convolution pass is one launch of the convolution engine
+//!   ([`crate::conv`]); linear layers are batched SGEMMs.
 //! - Runs of consecutive elementwise nodes over the same iteration space
 //!   (bias, BatchNorm-apply, ReLU, dropout masks, add, ReLU gradient, the SGD
 //!   and running-statistics updates) fuse into one Cranelift loop nest; only
@@ -18,6 +19,7 @@ use std::collections::HashMap;
 use dropjit_graph::op::{MaskSpec, Op};
 use dropjit_graph::{Graph, NodeId, TensorType};
 
+use crate::conv::{ConvIsa, ConvLaunch, ConvPass};
 use crate::kernels::elementwise::ElementwiseKernel;
 use crate::kernels::expr::{BufId, Dims, ExprGraph, ExprId, KeySlot, MaskFactor};
 use crate::kernels::gemm::{ConvGeom, GemmDesc};
@@ -27,13 +29,8 @@ use crate::kernels::shortcut::ShortcutKernel;
 use crate::kernels::softmax::SoftmaxXentKernel;
 use crate::layout::{key_slot, StateLayout};
 use crate::scalar_ops::{Nchw, ScalarOp};
-use crate::schedule::{BufKind, BufRef, Buffer, ConvPass, Launch, LaunchKind, Schedule};
+use crate::schedule::{BufKind, BufRef, Buffer, Launch, LaunchKind, Schedule};
 use crate::CodegenError;
-
-/// Fixed number of batch chunks a convolution pass is cut into (one per core
-/// of the machines we target). Fixed, so the weight-gradient sums, and hence
-/// the bits, do not depend on the thread count.
-const CONV_PARTS: usize = 2;
 
 /// A JIT kernel to compile, in launch order of first use.
 pub enum KernelDef {
@@ -143,9 +140,16 @@ struct Lower<'g> {
     group: Option<Group>,
     /// SGD update nodes, emitted together at the end.
     sgd: Vec<NodeId>,
+    /// Instruction set of the convolution passes.
+    isa: ConvIsa,
 }
 
-pub fn lower(g: &Graph, batch: usize, layout: &StateLayout) -> Result<Lowered, CodegenError> {
+pub fn lower(
+    g: &Graph,
+    batch: usize,
+    layout: &StateLayout,
+    isa: ConvIsa,
+) -> Result<Lowered, CodegenError> {
     let mut l = Lower {
         g,
         n: batch,
@@ -157,6 +161,7 @@ pub fn lower(g: &Graph, batch: usize, layout: &StateLayout) -> Result<Lowered, C
         outputs: g.outputs.iter().map(|(_, id)| *id).collect(),
         group: None,
         sgd: Vec::new(),
+        isa,
     };
     for id in g.ids() {
         l.node(id)?;
@@ -440,18 +445,12 @@ impl Lower<'_> {
         out_channels: usize,
         args: [BufRef; 3],
     ) {
-        let parts = CONV_PARTS.min(self.n);
+        let launch = ConvLaunch::new(pass, geom, self.n, out_channels, self.isa);
         let scratch = self.temp(
             &format!("{}.scratch", self.g.node(id).name),
-            pass.scratch(&geom, out_channels, parts),
+            launch.scratch(),
         );
-        let kind = LaunchKind::Conv {
-            pass,
-            geom,
-            images: self.n,
-            out_channels,
-            parts,
-        };
+        let kind = LaunchKind::Conv(launch);
         self.launch(kind, vec![args[0], args[1], args[2], scratch], &[id]);
     }
 

@@ -3,8 +3,9 @@
 
 use std::fmt::Write;
 
+use crate::conv::ConvLaunch;
 use crate::kernels::expr::Dims;
-use crate::kernels::gemm::{ConvGeom, GemmDesc};
+use crate::kernels::gemm::GemmDesc;
 use crate::scalar_ops::ScalarOp;
 
 /// Index into [`Schedule::buffers`].
@@ -46,44 +47,11 @@ pub enum LaunchKind {
     Reduce { func: usize, dims: Dims },
     /// `C = alpha·A·B + beta·C` (batched, strided) through matrixmultiply.
     Gemm(GemmDesc),
-    /// A whole convolution pass, image by image: each of `parts` fixed chunks
-    /// of the batch unfolds one image at a time into its own cache-sized
-    /// column buffer and multiplies it at once (arguments: see [`ConvPass`]).
-    Conv {
-        pass: ConvPass,
-        geom: ConvGeom,
-        images: usize,
-        out_channels: usize,
-        parts: usize,
-    },
+    /// A whole convolution pass over the batch (see [`ConvLaunch`]).
+    Conv(ConvLaunch),
     /// A JIT scalar loop nest (pooling, shortcut, softmax cross-entropy),
     /// split over `op.range()` planes or rows.
     Scalar { func: usize, op: ScalarOp },
-}
-
-/// Which product a [`LaunchKind::Conv`] computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvPass {
-    /// `[x, w, y, scratch]`: `y_n = W · im2col(x_n)`.
-    Forward,
-    /// `[dy, w, dx, scratch]`: `dx_n = col2im(Wᵀ · dy_n)`.
-    GradInput,
-    /// `[dy, x, dw, scratch]`: `dW = Σ_n dy_n · im2col(x_n)ᵀ`, summed per chunk
-    /// and then across chunks in order.
-    GradWeight,
-}
-
-impl ConvPass {
-    /// Scratch elements: one column matrix per chunk, plus partial weight sums.
-    pub fn scratch(self, geom: &ConvGeom, out_channels: usize, parts: usize) -> usize {
-        let col = geom.col_rows() * geom.col_cols();
-        let partials = if self == ConvPass::GradWeight {
-            (parts - 1) * out_channels * geom.col_rows()
-        } else {
-            0
-        };
-        parts * col + partials
-    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -150,16 +118,22 @@ impl Schedule {
                     )
                 }
                 LaunchKind::Gemm(d) => format!("sgemm {}x{}x{} batch {}", d.m, d.k, d.n, d.batch),
-                LaunchKind::Conv {
-                    pass,
-                    geom,
-                    images,
-                    out_channels,
-                    parts,
-                } => format!(
-                    "conv {pass:?} {}x{}x{} -> {out_channels} k{} s{} x{images} in {parts} chunks",
-                    geom.c, geom.h, geom.w, geom.kh, geom.stride_h
-                ),
+                LaunchKind::Conv(c) => {
+                    let g = &c.geom;
+                    format!(
+                        "conv {:?} {}x{}x{} -> {} k{} s{} p{} x{} {}",
+                        c.pass,
+                        g.c,
+                        g.h,
+                        g.w,
+                        c.out_channels,
+                        g.kh,
+                        g.stride_h,
+                        g.pad_h,
+                        c.images,
+                        c.describe()
+                    )
+                }
                 LaunchKind::Scalar { func, op } => format!("{} k{func}", op.name()),
             };
             let keys = match l.key_base {

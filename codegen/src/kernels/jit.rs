@@ -93,7 +93,7 @@ pub enum Helper {
     Im2col,
     /// `gemm::dropjit_col2im(geom: *const ConvGeom, col, dx, n_images, n_threads)`
     Col2im,
-    /// `exec::dropjit_run_op(op: *const LaunchKind, ptrs: *const *mut f32, n_threads)`:
+    /// `exec::dropjit_run_op(op: *const ConvLaunch, ptrs: *const *mut f32, n_threads)`:
     /// a convolution pass.
     RunOp,
     /// `expf(x: f32) -> f32` (Rust's `f32::exp`, as the interpreter uses).

@@ -69,7 +69,12 @@ pub fn run(args: &CompileArgs) -> Result<ExitCode, CliError> {
                 dropjit_graph::eval::evaluation(&g)?
             };
             if matches!(args.emit, Emit::Plan | Emit::EvalPlan) {
-                dropjit_codegen::plan_text(&target, batch, &layout)?
+                dropjit_codegen::plan_text(
+                    &target,
+                    batch,
+                    &layout,
+                    dropjit_codegen::ConvIsa::selected()?,
+                )?
             } else {
                 dropjit_codegen::clif_text(&target, batch, &layout)?
             }

@@ -1,0 +1,304 @@
+//! Direct convolution micro-kernels over prepared images (see [`super::prep`]).
+//!
+//! - [`forward_image`]: `out[o, q] = Σ_t w[o, t] · x[taps[t] + q]` for one
+//!   image. A tile holds `CB` output channels × `PV` vectors of output
+//!   positions in registers; per tap it loads `PV` input vectors and
+//!   broadcasts `CB` weights (packed `[block][tap][CB]`), `CB · PV` FMAs.
+//!   The forward pass and the input gradient (taps over a dilated gradient,
+//!   weights flipped and transposed) are both this kernel.
+//! - [`weight_grad_images`]: `dw[o, t] += Σ_images Σ_q dy[o, q] · x[taps[t] + q]`.
+//!   A tile holds `CB` output channels × `TB` taps of lane-wise partial sums,
+//!   reduced across lanes once per tile and batch of images.
+//!
+//! Generic over [`Simd`]; instantiated per instruction set in the
+//! `#[target_feature]` functions at the bottom, with the register blocking
+//! for that set (AVX-512: 32 registers, AVX2: 16).
+
+use super::prep::Prep;
+use super::simd::Simd;
+
+/// Largest `PV · lanes` of any instantiation (AVX-512: 6 × 16).
+const MAX_TILE: usize = 96;
+
+#[inline(always)]
+unsafe fn forward_tile<S: Simd, const CB: usize, const PV: usize>(
+    x: *const f32,
+    taps: &[usize],
+    w: *const f32,
+) -> [[S::V; PV]; CB] {
+    let mut acc = [[S::zero(); PV]; CB];
+    for (t, &off) in taps.iter().enumerate() {
+        let xp = x.add(off);
+        let mut xv = [S::zero(); PV];
+        for (p, v) in xv.iter_mut().enumerate() {
+            *v = S::loadu(xp.add(p * S::L));
+        }
+        let wt = w.add(t * CB);
+        for (c, row) in acc.iter_mut().enumerate() {
+            let wb = S::splat(*wt.add(c));
+            for p in 0..PV {
+                row[p] = S::fma(wb, xv[p], row[p]);
+            }
+        }
+    }
+    acc
+}
+
+/// Where a tile's lanes go: (vector, first lane, end lane, output index of
+/// lane 0 — possibly before the plane, only the lanes in range are stored).
+type LaneRun = (usize, usize, usize, isize);
+
+/// The runs of valid outputs among the `nv` vectors of `lanes` positions
+/// from `q0`, each within one vector and one output row.
+fn lane_runs(
+    p: &Prep,
+    q0: usize,
+    nv: usize,
+    lanes: usize,
+    runs: &mut [LaneRun; MAX_TILE],
+) -> usize {
+    let mut k = 0;
+    for v in 0..nv {
+        let start = q0 + v * lanes;
+        let end = (start + lanes).min(p.positions());
+        let mut q = start;
+        while q < end {
+            let (oy, ox) = (q / p.row, q % p.row);
+            if ox >= p.out_w {
+                q = (oy + 1) * p.row;
+                continue;
+            }
+            let run_end = (oy * p.row + p.out_w).min(end);
+            let out = (oy * p.out_w + ox) as isize - (q - start) as isize;
+            runs[k] = (v, q - start, run_end - start, out);
+            k += 1;
+            q = run_end;
+        }
+    }
+    k
+}
+
+#[inline(always)]
+unsafe fn forward_block<S: Simd, const CB: usize, const PV: usize>(
+    p: &Prep,
+    xprep: *const f32,
+    taps: &[usize],
+    wpack: *const f32,
+    n_out: usize,
+    out: *mut f32,
+    v0: usize,
+) {
+    let q0 = v0 * S::L;
+    let mut runs = [(0, 0, 0, 0); MAX_TILE];
+    let n_runs = lane_runs(p, q0, PV, S::L, &mut runs);
+    let plane = p.out_h * p.out_w;
+    for o0 in (0..n_out).step_by(CB) {
+        let w = wpack.add(o0 * taps.len());
+        let acc = forward_tile::<S, CB, PV>(xprep.add(q0), taps, w);
+        for (c, row) in acc.iter().enumerate().take(n_out - o0) {
+            let dst = out.add((o0 + c) * plane);
+            for &(v, from, to, at) in &runs[..n_runs] {
+                let base = dst.wrapping_offset(at);
+                if from == 0 && to == S::L {
+                    S::storeu(base, row[v]);
+                } else {
+                    S::store_lanes(base, row[v], from, to);
+                }
+            }
+        }
+    }
+}
+
+/// One image of a forward-style pass. `wpack` holds `ceil(n_out / CB)`
+/// blocks of `[taps.len()][CB]` weights; `out` is `n_out` planes of
+/// `out_h · out_w`.
+#[inline(always)]
+unsafe fn forward_image<S: Simd, const CB: usize, const PV: usize>(
+    p: &Prep,
+    xprep: *const f32,
+    taps: &[usize],
+    wpack: *const f32,
+    n_out: usize,
+    out: *mut f32,
+) {
+    let nvec = p.vectors(S::L);
+    let mut v0 = 0;
+    while v0 + PV <= nvec {
+        forward_block::<S, CB, PV>(p, xprep, taps, wpack, n_out, out, v0);
+        v0 += PV;
+    }
+    // The last, shorter tile; arms past PV are never taken.
+    let args = (p, xprep, taps, wpack, n_out, out, v0);
+    match nvec - v0 {
+        0 => {}
+        1 => forward_block::<S, CB, 1>(args.0, args.1, args.2, args.3, args.4, args.5, args.6),
+        2 => forward_block::<S, CB, 2>(args.0, args.1, args.2, args.3, args.4, args.5, args.6),
+        3 => forward_block::<S, CB, 3>(args.0, args.1, args.2, args.3, args.4, args.5, args.6),
+        4 => forward_block::<S, CB, 4>(args.0, args.1, args.2, args.3, args.4, args.5, args.6),
+        5 => forward_block::<S, CB, 5>(args.0, args.1, args.2, args.3, args.4, args.5, args.6),
+        _ => unreachable!("tiles have at most 6 vectors"),
+    }
+}
+
+/// Weight gradient over `images` prepared images (`x_stride` apart) and their
+/// gradients laid out by [`super::prep::fill_rows`] (`n_out` rows of
+/// `dy_row` elements per image, `dy_stride` apart): adds
+/// `Σ_images Σ_q dy[o, q] · x[taps[t] + q]` to `partial[o · taps.len() + t]`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn weight_grad_images<S: Simd, const CB: usize, const TB: usize>(
+    nvec: usize,
+    images: usize,
+    xprep: *const f32,
+    x_stride: usize,
+    taps: &[usize],
+    dyq: *const f32,
+    dy_stride: usize,
+    dy_row: usize,
+    n_out: usize,
+    partial: *mut f32,
+) {
+    let nt = taps.len();
+    for o0 in (0..n_out).step_by(CB) {
+        // Blocks past the last channel or tap repeat it; their sums are dropped.
+        let rows: [usize; CB] = std::array::from_fn(|c| (o0 + c).min(n_out - 1) * dy_row);
+        for t0 in (0..nt).step_by(TB) {
+            let offs: [usize; TB] = std::array::from_fn(|t| taps[(t0 + t).min(nt - 1)]);
+            let mut acc = [[S::zero(); TB]; CB];
+            for img in 0..images {
+                let x = xprep.add(img * x_stride);
+                let dy = dyq.add(img * dy_stride);
+                for v in 0..nvec {
+                    let q = v * S::L;
+                    let dyv: [S::V; CB] = std::array::from_fn(|c| S::loadu(dy.add(rows[c] + q)));
+                    for t in 0..TB {
+                        let xv = S::loadu(x.add(offs[t] + q));
+                        for c in 0..CB {
+                            acc[c][t] = S::fma(dyv[c], xv, acc[c][t]);
+                        }
+                    }
+                }
+            }
+            for (c, row) in acc.iter().enumerate().take(n_out - o0) {
+                let dst = partial.add((o0 + c) * nt);
+                for (t, &a) in row.iter().enumerate().take(nt - t0) {
+                    *dst.add(t0 + t) += S::hsum(a);
+                }
+            }
+        }
+    }
+}
+
+/// One instruction set's kernels with its register blocking.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    pub lanes: usize,
+    /// Output channels per forward tile (the packing block).
+    pub forward_block: usize,
+    pub forward: unsafe fn(&Prep, *const f32, &[usize], *const f32, usize, *mut f32),
+    #[allow(clippy::type_complexity)]
+    pub weight_grad: unsafe fn(
+        usize,
+        usize,
+        *const f32,
+        usize,
+        &[usize],
+        *const f32,
+        usize,
+        usize,
+        usize,
+        *mut f32,
+    ),
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::super::simd::{Avx2, Avx512};
+    use super::*;
+
+    // AVX-512: 24 accumulators + 6 inputs + 1 broadcast of 32 registers.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn forward_avx512(
+        p: &Prep,
+        x: *const f32,
+        taps: &[usize],
+        w: *const f32,
+        n_out: usize,
+        out: *mut f32,
+    ) {
+        forward_image::<Avx512, 4, 6>(p, x, taps, w, n_out, out)
+    }
+
+    // AVX2: 12 accumulators + 2 inputs + 1 broadcast of 16 registers (with
+    // 4 x 3 one accumulator spills, and its store-load round trip per tap
+    // halves the speed).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn forward_avx2(
+        p: &Prep,
+        x: *const f32,
+        taps: &[usize],
+        w: *const f32,
+        n_out: usize,
+        out: *mut f32,
+    ) {
+        forward_image::<Avx2, 6, 2>(p, x, taps, w, n_out, out)
+    }
+
+    // AVX-512: 24 accumulators + 4 gradient rows + 1 input.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn weight_grad_avx512(
+        nvec: usize,
+        images: usize,
+        x: *const f32,
+        xs: usize,
+        taps: &[usize],
+        dy: *const f32,
+        dys: usize,
+        dyr: usize,
+        n_out: usize,
+        partial: *mut f32,
+    ) {
+        weight_grad_images::<Avx512, 4, 6>(nvec, images, x, xs, taps, dy, dys, dyr, n_out, partial)
+    }
+
+    // AVX2: 12 accumulators + 3 gradient rows + 1 input.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn weight_grad_avx2(
+        nvec: usize,
+        images: usize,
+        x: *const f32,
+        xs: usize,
+        taps: &[usize],
+        dy: *const f32,
+        dys: usize,
+        dyr: usize,
+        n_out: usize,
+        partial: *mut f32,
+    ) {
+        weight_grad_images::<Avx2, 3, 4>(nvec, images, x, xs, taps, dy, dys, dyr, n_out, partial)
+    }
+}
+
+/// The kernels of a vector instruction set (`None` for the portable path or
+/// another architecture).
+pub fn kernels(isa: super::ConvIsa) -> Option<Kernels> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        super::ConvIsa::Avx512 => Some(Kernels {
+            lanes: 16,
+            forward_block: 4,
+            forward: x86::forward_avx512,
+            weight_grad: x86::weight_grad_avx512,
+        }),
+        #[cfg(target_arch = "x86_64")]
+        super::ConvIsa::Avx2 => Some(Kernels {
+            lanes: 8,
+            forward_block: 6,
+            forward: x86::forward_avx2,
+            weight_grad: x86::weight_grad_avx2,
+        }),
+        _ => None,
+    }
+}

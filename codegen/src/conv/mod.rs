@@ -1,0 +1,367 @@
+//! Convolution passes — forward, input gradient, weight gradient — as one
+//! launch each over the whole batch.
+//!
+//! On AVX-512F or AVX2 + FMA CPUs a pass is a direct convolution on NCHW
+//! activations: each image is first prepared (zero-padded, dilated, split into
+//! stride phases: [`prep`]) into a per-thread buffer, then register-blocked
+//! micro-kernels ([`direct`]) read every tap as one contiguous run. Elsewhere,
+//! or when asked for, the portable path unfolds each image (im2col) and
+//! multiplies with matrixmultiply ([`im2col`]).
+//!
+//! Threads split the forward and input-gradient passes by image (each image's
+//! output is computed the same way on any thread). The weight gradient is
+//! summed per fixed group of images ([`WEIGHT_GRAD_GROUPS`]) into its own
+//! partial, and the partials are added in group order, so a step's bits do not
+//! depend on the thread count.
+
+mod direct;
+mod im2col;
+mod isa;
+mod peak;
+pub mod prep;
+mod simd;
+
+use std::cell::RefCell;
+
+pub use isa::{ConvIsa, ISA_ENV};
+pub use peak::fma_peak_gflops;
+use prep::Prep;
+
+use crate::kernels::gemm::ConvGeom;
+use crate::kernels::parallel::global_pool;
+
+/// The weight gradient is summed in at most this many groups of images, each
+/// into its own partial; fixed, so the sums do not depend on the thread count.
+pub const WEIGHT_GRAD_GROUPS: usize = 16;
+
+/// Bytes of prepared images a weight-gradient task works on at once (they are
+/// re-read once per tile, so they should stay in the L2 cache).
+const WEIGHT_GRAD_BATCH_BYTES: usize = 384 << 10;
+
+/// Which product a convolution launch computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPass {
+    /// `[x, w, y, scratch]`: `y = conv(x, W)`.
+    Forward,
+    /// `[dy, w, dx, scratch]`: `dx = conv_transpose(dy, W)`.
+    GradInput,
+    /// `[dy, x, dw, scratch]`: `dW = Σ_n dy_n ⋆ x_n`, per group of images,
+    /// then across groups in order.
+    GradWeight,
+}
+
+/// How a launch computes its pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// Direct convolution with the micro-kernels of this instruction set.
+    Direct(ConvIsa),
+    /// im2col / col2im + matrixmultiply SGEMM.
+    Im2col,
+}
+
+/// One convolution pass over `images` images of `geom` with `out_channels`
+/// output channels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvLaunch {
+    pub pass: ConvPass,
+    pub geom: ConvGeom,
+    pub images: usize,
+    pub out_channels: usize,
+    pub algo: ConvAlgo,
+}
+
+impl ConvLaunch {
+    /// The launch on `isa`: direct where its kernels cover the geometry
+    /// (square strides; for the input gradient, stride 1 and padding below
+    /// the kernel size), else im2col. (A strided input gradient as a direct
+    /// convolution over the dilated gradient does `stride²` times the work
+    /// and measured slower than im2col.)
+    pub fn new(
+        pass: ConvPass,
+        geom: ConvGeom,
+        images: usize,
+        out_channels: usize,
+        isa: ConvIsa,
+    ) -> Self {
+        let g = &geom;
+        let direct = direct::kernels(isa).is_some()
+            && g.stride_h == g.stride_w
+            && (pass != ConvPass::GradInput
+                || (g.stride_h == 1 && g.pad_h < g.kh && g.pad_w < g.kw));
+        let algo = if direct {
+            ConvAlgo::Direct(isa)
+        } else {
+            ConvAlgo::Im2col
+        };
+        ConvLaunch {
+            pass,
+            geom,
+            images,
+            out_channels,
+            algo,
+        }
+    }
+
+    fn groups(&self) -> usize {
+        self.images.clamp(1, WEIGHT_GRAD_GROUPS)
+    }
+
+    /// Weights in OIHW order.
+    fn weight_len(&self) -> usize {
+        self.out_channels * self.geom.col_rows()
+    }
+
+    /// Elements of the launch's arena scratch: the weight-gradient partials,
+    /// or the packed weights of a direct pass.
+    pub fn scratch(&self) -> usize {
+        match (self.pass, self.algo) {
+            (ConvPass::GradWeight, _) => self.groups() * self.weight_len(),
+            (pass, ConvAlgo::Direct(isa)) => {
+                let block = direct::kernels(isa).map_or(1, |k| k.forward_block);
+                let (outs, taps) = self.packed_shape(pass);
+                outs.next_multiple_of(block) * taps
+            }
+            (_, ConvAlgo::Im2col) => 1,
+        }
+    }
+
+    /// Output channels and taps of a forward-style direct pass.
+    fn packed_shape(&self, pass: ConvPass) -> (usize, usize) {
+        let (g, co) = (&self.geom, self.out_channels);
+        if pass == ConvPass::GradInput {
+            (g.c, co * g.kh * g.kw)
+        } else {
+            (co, g.col_rows())
+        }
+    }
+
+    /// Elements each argument must hold: `[in, in, out, scratch]` in the
+    /// order of [`ConvPass`].
+    pub fn extents(&self) -> [usize; 4] {
+        let g = &self.geom;
+        let x = self.images * g.image_len();
+        let y = self.images * self.out_channels * g.col_cols();
+        let w = self.weight_len();
+        let [a, b, c] = match self.pass {
+            ConvPass::Forward => [x, w, y],
+            ConvPass::GradInput => [y, w, x],
+            ConvPass::GradWeight => [y, x, w],
+        };
+        [a, b, c, self.scratch()]
+    }
+
+    /// What `--emit plan` shows: algorithm, instruction set, layout.
+    pub fn describe(&self) -> String {
+        match self.algo {
+            ConvAlgo::Direct(isa) => {
+                let p = self.prep();
+                format!(
+                    "direct {isa}, NCHW rows of {} in {} phase(s)",
+                    p.row,
+                    p.stride * p.stride
+                )
+            }
+            ConvAlgo::Im2col => "im2col+sgemm portable".to_string(),
+        }
+    }
+
+    /// The prepared layout the direct kernels read for this pass.
+    fn prep(&self) -> Prep {
+        let g = &self.geom;
+        match self.pass {
+            ConvPass::GradInput => Prep::new(
+                (self.out_channels, g.out_h, g.out_w),
+                g.stride_h,
+                (g.kh - 1 - g.pad_h, g.kw - 1 - g.pad_w),
+                1,
+                (g.kh, g.kw),
+                (g.h, g.w),
+            ),
+            _ => Prep::new(
+                (g.c, g.h, g.w),
+                1,
+                (g.pad_h, g.pad_w),
+                g.stride_h,
+                (g.kh, g.kw),
+                (g.out_h, g.out_w),
+            ),
+        }
+    }
+
+    /// Runs the pass on `ptrs` (`[in, in, out, scratch]`, see [`ConvPass`])
+    /// with up to `threads` threads.
+    ///
+    /// # Safety
+    /// Each pointer holds the elements [`ConvLaunch::extents`] gives; the
+    /// output and scratch overlap nothing else; for [`ConvAlgo::Direct`] the
+    /// CPU runs its instruction set.
+    pub unsafe fn run(&self, ptrs: &[*mut f32], threads: usize) {
+        match self.algo {
+            ConvAlgo::Im2col => im2col::run(self, ptrs, threads),
+            ConvAlgo::Direct(isa) => {
+                let k = direct::kernels(isa).expect("Direct launches have kernels");
+                match self.pass {
+                    ConvPass::GradWeight => self.direct_weight_grad(&k, ptrs, threads),
+                    pass => self.direct_forward(&k, pass, ptrs, threads),
+                }
+            }
+        }
+    }
+
+    /// Forward or input gradient: pack the weights, then each image.
+    unsafe fn direct_forward(
+        &self,
+        k: &direct::Kernels,
+        pass: ConvPass,
+        ptrs: &[*mut f32],
+        threads: usize,
+    ) {
+        let (g, co) = (&self.geom, self.out_channels);
+        let p = self.prep();
+        let (n_out, n_taps) = self.packed_shape(pass);
+        let (kh, kw) = (g.kh, g.kw);
+        let taps: Vec<usize> = (0..p.chans)
+            .flat_map(|c| (0..kh * kw).map(move |t| c * p.chan_len + p.tap(t / kw, t % kw)))
+            .collect();
+        debug_assert_eq!(taps.len(), n_taps);
+        // Packed `[block][tap][CB]`, zero past the last output channel.
+        let cb = k.forward_block;
+        let wpack = std::slice::from_raw_parts_mut(ptrs[3], n_out.next_multiple_of(cb) * n_taps);
+        let w = ptrs[1] as *const f32;
+        for (i, dst) in wpack.iter_mut().enumerate() {
+            let (block, t, c) = (i / (n_taps * cb), (i / cb) % n_taps, i % cb);
+            let o = block * cb + c;
+            *dst = if o >= n_out {
+                0.0
+            } else if pass == ConvPass::Forward {
+                *w.add(o * n_taps + t)
+            } else {
+                // Input gradient: tap (co, ki, kj) reads W[co, o, kh-1-ki, kw-1-kj].
+                let (src_o, tap) = (t / (kh * kw), t % (kh * kw));
+                let (ki, kj) = (kh - 1 - tap / kw, kw - 1 - tap % kw);
+                *w.add(((src_o * g.c + o) * kh + ki) * kw + kj)
+            }
+        }
+        let (in_len, out_len) = if pass == ConvPass::Forward {
+            (g.image_len(), co * g.col_cols())
+        } else {
+            (co * g.col_cols(), g.image_len())
+        };
+        let (src, dst, wpack) = (ptrs[0] as usize, ptrs[2] as usize, wpack.as_ptr() as usize);
+        let len = p.len(k.lanes);
+        for_each_image(self.images, threads, &|n| {
+            with_scratch(len, |buf| {
+                p.fill((src as *const f32).add(n * in_len), buf, k.lanes);
+                (k.forward)(
+                    &p,
+                    buf,
+                    &taps,
+                    wpack as *const f32,
+                    n_out,
+                    (dst as *mut f32).add(n * out_len),
+                );
+            })
+        });
+    }
+
+    unsafe fn direct_weight_grad(&self, k: &direct::Kernels, ptrs: &[*mut f32], threads: usize) {
+        let (g, co) = (&self.geom, self.out_channels);
+        let p = self.prep();
+        let (kh, kw) = (g.kh, g.kw);
+        let taps: Vec<usize> = (0..g.c)
+            .flat_map(|c| (0..kh * kw).map(move |t| c * p.chan_len + p.tap(t / kw, t % kw)))
+            .collect();
+        let nvec = p.vectors(k.lanes);
+        let dy_row = nvec * k.lanes;
+        let (x_len, dy_len) = (p.len(k.lanes), co * dy_row);
+        let per_batch = (WEIGHT_GRAD_BATCH_BYTES / (4 * (x_len + dy_len))).max(1);
+        let (dy, x) = (ptrs[0] as usize, ptrs[1] as usize);
+        let wl = self.weight_len();
+        let y_len = co * g.col_cols();
+        self.weight_grad_groups(ptrs, threads, &|first, last, partial| {
+            let mut n = first;
+            while n < last {
+                let batch = per_batch.min(last - n);
+                with_scratch(batch * (x_len + dy_len), |buf| {
+                    let dyq = buf.add(batch * x_len);
+                    for i in 0..batch {
+                        let img = n + i;
+                        p.fill(
+                            (x as *const f32).add(img * g.image_len()),
+                            buf.add(i * x_len),
+                            k.lanes,
+                        );
+                        prep::fill_rows(
+                            (dy as *const f32).add(img * y_len),
+                            (co, g.out_h, g.out_w),
+                            p.row,
+                            dy_row,
+                            dyq.add(i * dy_len),
+                        );
+                    }
+                    (k.weight_grad)(
+                        nvec, batch, buf, x_len, &taps, dyq, dy_len, dy_row, co, partial,
+                    );
+                });
+                n += batch;
+            }
+        });
+        debug_assert_eq!(wl, co * taps.len());
+    }
+
+    /// Runs `group(first_image, end_image, partial)` for each fixed group of
+    /// images with its zeroed partial in the scratch, then writes
+    /// `dw = Σ partials` in group order.
+    unsafe fn weight_grad_groups(
+        &self,
+        ptrs: &[*mut f32],
+        threads: usize,
+        group: &(dyn Fn(usize, usize, *mut f32) + Sync),
+    ) {
+        let (groups, wl, n) = (self.groups(), self.weight_len(), self.images);
+        let scratch = ptrs[3] as usize;
+        for_each_image(groups, threads, &|gi| {
+            let partial = (scratch as *mut f32).add(gi * wl);
+            std::ptr::write_bytes(partial, 0, wl);
+            group(gi * n / groups, (gi + 1) * n / groups, partial);
+        });
+        let dw = std::slice::from_raw_parts_mut(ptrs[2], wl);
+        let partials = std::slice::from_raw_parts(ptrs[3], groups * wl);
+        dw.copy_from_slice(&partials[..wl]);
+        for part in partials.chunks_exact(wl).skip(1) {
+            for (d, s) in dw.iter_mut().zip(part) {
+                *d += s;
+            }
+        }
+    }
+}
+
+/// `f(0..n)` over up to `threads` threads of the global pool, in contiguous
+/// chunks; each `f(i)` must write only its own outputs.
+fn for_each_image(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
+    let parts = threads.clamp(1, n.max(1));
+    if parts <= 1 {
+        return (0..n).for_each(f);
+    }
+    global_pool().parallel_for(parts, &|t| (t * n / parts..(t + 1) * n / parts).for_each(f));
+}
+
+thread_local! {
+    /// Per-thread working memory of the convolution passes (prepared images,
+    /// column matrices); grows to the largest request and stays.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `len` elements of this thread's scratch (contents undefined).
+fn with_scratch<R>(len: usize, f: impl FnOnce(*mut f32) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut v = s.borrow_mut();
+        if v.len() < len {
+            v.resize(len, 0.0);
+        }
+        f(v.as_mut_ptr())
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,110 @@
+//! The few vector operations the direct convolution kernels need, once per
+//! instruction set. Every method is `#[inline(always)]`: the kernels are
+//! generic over [`Simd`] and instantiated inside one `#[target_feature]`
+//! function per instruction set, where these inline into real vector code.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+pub trait Simd: Copy {
+    type V: Copy;
+    /// Lanes per vector.
+    const L: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(x: f32) -> Self::V;
+    unsafe fn loadu(p: *const f32) -> Self::V;
+    unsafe fn storeu(p: *mut f32, v: Self::V);
+    /// `a * b + c`, fused.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Sum of the lanes in a fixed order.
+    unsafe fn hsum(v: Self::V) -> f32;
+    /// Stores lanes `from..to` of `v` at `base + lane`; the other lanes'
+    /// addresses are not touched (so `base` itself may lie outside the buffer).
+    unsafe fn store_lanes(base: *mut f32, v: Self::V, from: usize, to: usize);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx512 {
+    type V = __m512;
+    const L: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m512 {
+        _mm512_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn loadu(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn storeu(p: *mut f32, v: __m512) {
+        _mm512_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: __m512) -> f32 {
+        let lo = _mm512_castps512_ps256(v);
+        // AVX-512F alone has no 8 x f32 extract: move the upper half as f64s.
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        Avx2::hsum(_mm256_add_ps(lo, hi))
+    }
+    #[inline(always)]
+    unsafe fn store_lanes(base: *mut f32, v: __m512, from: usize, to: usize) {
+        let mask = ((1u32 << to) - (1u32 << from)) as u16;
+        _mm512_mask_storeu_ps(base, mask, v)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2 {
+    type V = __m256;
+    const L: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m256 {
+        _mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn loadu(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn storeu(p: *mut f32, v: __m256) {
+        _mm256_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+    #[inline(always)]
+    unsafe fn store_lanes(base: *mut f32, v: __m256, from: usize, to: usize) {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let lo = _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(from as i32 - 1));
+        let hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(to as i32), lane);
+        _mm256_maskstore_ps(base, _mm256_and_si256(lo, hi), v)
+    }
+}

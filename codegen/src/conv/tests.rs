@@ -1,0 +1,261 @@
+//! Every pass on every instruction set this CPU runs, against a direct f64
+//! sum over the definition, on odd shapes; and bit-identical at any thread count.
+
+use super::*;
+
+/// Deterministic values in [-1, 1).
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// `x[n, c, iy, ix]` or 0 outside the image, for output `(oy, ox)` and tap `(ki, kj)`.
+fn input_at(
+    g: &ConvGeom,
+    x: &[f32],
+    n: usize,
+    c: usize,
+    oy: usize,
+    ox: usize,
+    ki: usize,
+    kj: usize,
+) -> f64 {
+    let iy = (oy * g.stride_h + ki) as isize - g.pad_h as isize;
+    let ix = (ox * g.stride_w + kj) as isize - g.pad_w as isize;
+    if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+        return 0.0;
+    }
+    x[n * g.image_len() + (c * g.h + iy as usize) * g.w + ix as usize] as f64
+}
+
+/// The three passes by their definitions: y, dx (for dy) and dW (for dy).
+fn reference(
+    g: &ConvGeom,
+    co: usize,
+    images: usize,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+) -> [Vec<f64>; 3] {
+    let hw = g.col_cols();
+    let mut y = vec![0f64; images * co * hw];
+    let mut dx = vec![0f64; images * g.image_len()];
+    let mut dw = vec![0f64; co * g.col_rows()];
+    for n in 0..images {
+        for o in 0..co {
+            for oy in 0..g.out_h {
+                for ox in 0..g.out_w {
+                    let yi = (n * co + o) * hw + oy * g.out_w + ox;
+                    for c in 0..g.c {
+                        for ki in 0..g.kh {
+                            for kj in 0..g.kw {
+                                let wi = ((o * g.c + c) * g.kh + ki) * g.kw + kj;
+                                let xv = input_at(g, x, n, c, oy, ox, ki, kj);
+                                y[yi] += w[wi] as f64 * xv;
+                                dw[wi] += dy[yi] as f64 * xv;
+                                let iy = (oy * g.stride_h + ki) as isize - g.pad_h as isize;
+                                let ix = (ox * g.stride_w + kj) as isize - g.pad_w as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w
+                                {
+                                    dx[n * g.image_len()
+                                        + (c * g.h + iy as usize) * g.w
+                                        + ix as usize] += w[wi] as f64 * dy[yi] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    [y, dx, dw]
+}
+
+fn run_pass(l: &ConvLaunch, a: &[f32], b: &[f32], threads: usize) -> Vec<f32> {
+    let e = l.extents();
+    let mut out = vec![f32::NAN; e[2]];
+    let mut scratch = vec![f32::NAN; e[3]];
+    let ptrs = [
+        a.as_ptr() as *mut f32,
+        b.as_ptr() as *mut f32,
+        out.as_mut_ptr(),
+        scratch.as_mut_ptr(),
+    ];
+    assert!(a.len() >= e[0] && b.len() >= e[1]);
+    unsafe { l.run(&ptrs, threads) };
+    out
+}
+
+/// `(channels, size, out_channels, kernel, stride, padding, images)`.
+const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
+    (1, 1, 1, 1, 1, 0, 1),
+    (3, 5, 7, 3, 1, 1, 3),
+    (7, 9, 17, 3, 1, 1, 1),
+    (17, 5, 3, 5, 1, 2, 3),
+    (33, 9, 5, 3, 2, 1, 3),
+    (3, 9, 33, 5, 2, 2, 1),
+    (7, 5, 7, 1, 2, 0, 3),
+    (1, 9, 3, 3, 1, 0, 1),
+    (3, 5, 4, 5, 1, 0, 1),
+    (5, 9, 16, 1, 1, 0, 3),
+    (2, 1, 3, 3, 1, 1, 3),
+    (4, 5, 6, 3, 2, 2, 1),
+    (16, 9, 32, 3, 1, 1, 3),
+    (3, 7, 5, 5, 2, 1, 19),
+];
+
+#[test]
+fn every_pass_matches_its_definition_on_every_isa() {
+    for isa in ConvIsa::ALL.into_iter().filter(|i| i.available()) {
+        for (s, &(c, size, co, k, stride, pad, images)) in SHAPES.iter().enumerate() {
+            let g = ConvGeom::new(c, size, size, k, k, (stride, stride), (pad, pad));
+            let x = data(images * g.image_len(), 3 * s as u64);
+            let w = data(co * g.col_rows(), 3 * s as u64 + 1);
+            let dy = data(images * co * g.col_cols(), 3 * s as u64 + 2);
+            let want = reference(&g, co, images, &x, &w, &dy);
+            let passes = [
+                (ConvPass::Forward, &x, &w),
+                (ConvPass::GradInput, &dy, &w),
+                (ConvPass::GradWeight, &dy, &x),
+            ];
+            for (i, (pass, a, b)) in passes.into_iter().enumerate() {
+                let l = ConvLaunch::new(pass, g, images, co, isa);
+                let got = run_pass(&l, a, b, 2);
+                assert_eq!(got.len(), want[i].len());
+                // Sums of up to K products of values in [-1, 1).
+                let terms = match pass {
+                    ConvPass::GradWeight => images * g.col_cols(),
+                    _ => g.col_rows().max(co * k * k),
+                } as f64;
+                for (j, (&gv, &wv)) in got.iter().zip(&want[i]).enumerate() {
+                    let tol = 1e-6 * terms.sqrt() * (1.0 + wv.abs()) * 4.0;
+                    assert!(
+                        gv.is_finite() && (gv as f64 - wv).abs() <= tol,
+                        "{isa} {:?} {pass:?} c{c} size {size} co{co} k{k} s{stride} p{pad} x{images}: \
+                         element {j} is {gv}, want {wv}",
+                        l.algo
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn passes_are_bit_identical_at_any_thread_count() {
+    for isa in ConvIsa::ALL.into_iter().filter(|i| i.available()) {
+        for &(c, size, co, k, stride, pad) in &[(16, 9, 32, 3, 1, 1), (3, 7, 5, 5, 2, 1)] {
+            let images = 37;
+            let g = ConvGeom::new(c, size, size, k, k, (stride, stride), (pad, pad));
+            let x = data(images * g.image_len(), 7);
+            let w = data(co * g.col_rows(), 8);
+            let dy = data(images * co * g.col_cols(), 9);
+            for (pass, a, b) in [
+                (ConvPass::Forward, &x, &w),
+                (ConvPass::GradInput, &dy, &w),
+                (ConvPass::GradWeight, &dy, &x),
+            ] {
+                let l = ConvLaunch::new(pass, g, images, co, isa);
+                let one = run_pass(&l, a, b, 1);
+                for threads in [2, 3, 4, 8] {
+                    let more = run_pass(&l, a, b, threads);
+                    assert!(
+                        one.iter()
+                            .zip(&more)
+                            .all(|(p, q)| p.to_bits() == q.to_bits()),
+                        "{isa} {pass:?}: {threads} threads differ from 1"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn direct_is_chosen_where_the_kernels_cover_the_geometry() {
+    let g = ConvGeom::new(16, 8, 8, 3, 3, (1, 1), (1, 1));
+    for pass in [ConvPass::Forward, ConvPass::GradInput, ConvPass::GradWeight] {
+        for isa in [ConvIsa::Avx512, ConvIsa::Avx2] {
+            let want = if cfg!(target_arch = "x86_64") {
+                ConvAlgo::Direct(isa)
+            } else {
+                ConvAlgo::Im2col
+            };
+            assert_eq!(ConvLaunch::new(pass, g, 2, 16, isa).algo, want);
+        }
+        assert_eq!(
+            ConvLaunch::new(pass, g, 2, 16, ConvIsa::Portable).algo,
+            ConvAlgo::Im2col
+        );
+    }
+    // Padding as large as the kernel: the input gradient falls back.
+    let g = ConvGeom::new(2, 4, 4, 1, 1, (1, 1), (1, 1));
+    assert_eq!(
+        ConvLaunch::new(ConvPass::GradInput, g, 1, 2, ConvIsa::Avx2).algo,
+        ConvAlgo::Im2col
+    );
+}
+
+#[test]
+fn fma_peak_probe_reports_a_positive_rate_where_vectors_run() {
+    for isa in ConvIsa::ALL {
+        let peak = fma_peak_gflops(isa);
+        assert_eq!(
+            peak.is_some(),
+            isa != ConvIsa::Portable && isa.available(),
+            "{isa}"
+        );
+        if let Some(p) = peak {
+            eprintln!("{isa}: {p:.1} GFLOP/s per core");
+            assert!(p > 1.0, "{isa}: {p}");
+        }
+    }
+}
+
+/// `cargo test --release -p dropjit-codegen conv_speed -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn conv_speed() {
+    let isa = ConvIsa::detected();
+    for &(c, size, co, k, stride, pad) in &[
+        (16, 32, 16, 3, 1, 1),
+        (32, 16, 32, 3, 1, 1),
+        (64, 8, 64, 3, 1, 1),
+        (16, 32, 32, 3, 2, 1),
+        (3, 32, 32, 5, 1, 2),
+        (32, 16, 32, 5, 1, 2),
+        (32, 8, 64, 5, 1, 2),
+    ] {
+        let images = 32;
+        let g = ConvGeom::new(c, size, size, k, k, (stride, stride), (pad, pad));
+        let x = data(images * g.image_len(), 7);
+        let w = data(co * g.col_rows(), 8);
+        let dy = data(images * co * g.col_cols(), 9);
+        let flops = 2.0 * (images * co * g.col_rows() * g.col_cols()) as f64;
+        let mut line = format!("{c}x{size}x{size}->{co} k{k} s{stride}:");
+        for (pass, a, b) in [
+            (ConvPass::Forward, &x, &w),
+            (ConvPass::GradInput, &dy, &w),
+            (ConvPass::GradWeight, &dy, &x),
+        ] {
+            for isa in [isa, ConvIsa::Portable] {
+                let l = ConvLaunch::new(pass, g, images, co, isa);
+                run_pass(&l, a, b, 1);
+                let t0 = std::time::Instant::now();
+                for _ in 0..5 {
+                    run_pass(&l, a, b, 1);
+                }
+                let s = t0.elapsed().as_secs_f64() / 5.0;
+                line += &format!(" {pass:?}/{isa} {:.1}", flops / s / 1e9);
+            }
+        }
+        eprintln!("{line}");
+    }
+}
