@@ -17,9 +17,6 @@
 use super::prep::Prep;
 use super::simd::Simd;
 
-/// Largest `PV · lanes` of any instantiation (AVX-512: 6 × 16).
-const MAX_TILE: usize = 96;
-
 #[inline(always)]
 unsafe fn forward_tile<S: Simd, const CB: usize, const PV: usize>(
     x: *const f32,
@@ -28,54 +25,72 @@ unsafe fn forward_tile<S: Simd, const CB: usize, const PV: usize>(
 ) -> [[S::V; PV]; CB] {
     let mut acc = [[S::zero(); PV]; CB];
     for (t, &off) in taps.iter().enumerate() {
+        // CB broadcasts, then each input vector is loaded once and used CB
+        // times: CB + 1 registers besides the accumulators.
         let xp = x.add(off);
-        let mut xv = [S::zero(); PV];
-        for (p, v) in xv.iter_mut().enumerate() {
-            *v = S::loadu(xp.add(p * S::L));
-        }
         let wt = w.add(t * CB);
-        for (c, row) in acc.iter_mut().enumerate() {
-            let wb = S::splat(*wt.add(c));
-            for p in 0..PV {
-                row[p] = S::fma(wb, xv[p], row[p]);
+        let wb: [S::V; CB] = std::array::from_fn(|c| S::splat(*wt.add(c)));
+        for p in 0..PV {
+            let xv = S::loadu(xp.add(p * S::L));
+            for c in 0..CB {
+                acc[c][p] = S::fma(wb[c], xv, acc[c][p]);
             }
         }
     }
     acc
 }
 
-/// Where a tile's lanes go: (vector, first lane, end lane, output index of
-/// lane 0 — possibly before the plane, only the lanes in range are stored).
-type LaneRun = (usize, usize, usize, isize);
+/// How one output vector of a tile is stored: its valid lanes (positions
+/// `ox < out_w`) moved to the front by `idx`, then written from output index
+/// `at`. A store writes all lanes; the ones past the valid count land where
+/// the next vectors of the same plane write later, so they are overwritten;
+/// near the plane's end, where they would land past it, a lane mask keeps
+/// only the valid lanes.
+#[derive(Clone, Copy)]
+struct VecStore {
+    at: usize,
+    valid: usize,
+    /// Lanes are already in place (`idx` is the identity).
+    in_order: bool,
+    last: bool,
+    idx: [i32; 16],
+}
 
-/// The runs of valid outputs among the `nv` vectors of `lanes` positions
-/// from `q0`, each within one vector and one output row.
-fn lane_runs(
-    p: &Prep,
-    q0: usize,
-    nv: usize,
-    lanes: usize,
-    runs: &mut [LaneRun; MAX_TILE],
-) -> usize {
-    let mut k = 0;
-    for v in 0..nv {
+const NO_STORE: VecStore = VecStore {
+    at: 0,
+    valid: 0,
+    in_order: true,
+    last: false,
+    idx: [0; 16],
+};
+
+/// The stores of the `nv` vectors of `lanes` positions from `q0`.
+fn vector_stores(p: &Prep, q0: usize, nv: usize, lanes: usize, out: &mut [VecStore; 6]) {
+    let positions = p.positions();
+    // (oy, ox) of position q, stepped: a division per lane cost a quarter
+    // of a 16-channel layer's time.
+    let (mut oy, mut ox) = (q0 / p.row, q0 % p.row);
+    for (v, st) in out.iter_mut().enumerate().take(nv) {
         let start = q0 + v * lanes;
-        let end = (start + lanes).min(p.positions());
-        let mut q = start;
-        while q < end {
-            let (oy, ox) = (q / p.row, q % p.row);
-            if ox >= p.out_w {
-                q = (oy + 1) * p.row;
-                continue;
+        *st = NO_STORE;
+        for lane in 0..lanes {
+            if start + lane < positions && ox < p.out_w {
+                if st.valid == 0 {
+                    st.at = oy * p.out_w + ox;
+                }
+                st.in_order &= lane == st.valid;
+                st.idx[st.valid] = lane as i32;
+                st.valid += 1;
             }
-            let run_end = (oy * p.row + p.out_w).min(end);
-            let out = (oy * p.out_w + ox) as isize - (q - start) as isize;
-            runs[k] = (v, q - start, run_end - start, out);
-            k += 1;
-            q = run_end;
+            ox += 1;
+            if ox == p.row {
+                ox = 0;
+                oy += 1;
+            }
         }
+        // A full-width store would write past the plane.
+        st.last = st.at + lanes > p.out_h * p.out_w;
     }
-    k
 }
 
 #[inline(always)]
@@ -89,20 +104,27 @@ unsafe fn forward_block<S: Simd, const CB: usize, const PV: usize>(
     v0: usize,
 ) {
     let q0 = v0 * S::L;
-    let mut runs = [(0, 0, 0, 0); MAX_TILE];
-    let n_runs = lane_runs(p, q0, PV, S::L, &mut runs);
+    let mut stores = [NO_STORE; 6];
+    vector_stores(p, q0, PV, S::L, &mut stores);
     let plane = p.out_h * p.out_w;
     for o0 in (0..n_out).step_by(CB) {
         let w = wpack.add(o0 * taps.len());
         let acc = forward_tile::<S, CB, PV>(xprep.add(q0), taps, w);
         for (c, row) in acc.iter().enumerate().take(n_out - o0) {
             let dst = out.add((o0 + c) * plane);
-            for &(v, from, to, at) in &runs[..n_runs] {
-                let base = dst.wrapping_offset(at);
-                if from == 0 && to == S::L {
-                    S::storeu(base, row[v]);
+            for (st, &a) in stores.iter().zip(row) {
+                if st.valid == 0 {
+                    continue;
+                }
+                let a = if st.in_order {
+                    a
                 } else {
-                    S::store_lanes(base, row[v], from, to);
+                    S::permute(a, st.idx.as_ptr())
+                };
+                if st.last {
+                    S::store_lanes(dst.add(st.at), a, 0, st.valid);
+                } else {
+                    S::storeu(dst.add(st.at), a);
                 }
             }
         }
@@ -216,7 +238,7 @@ mod x86 {
     use super::super::simd::{Avx2, Avx512};
     use super::*;
 
-    // AVX-512: 24 accumulators + 6 inputs + 1 broadcast of 32 registers.
+    // AVX-512: 24 accumulators + 4 broadcasts + 1 input of 32 registers.
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn forward_avx512(
         p: &Prep,
@@ -229,9 +251,9 @@ mod x86 {
         forward_image::<Avx512, 4, 6>(p, x, taps, w, n_out, out)
     }
 
-    // AVX2: 12 accumulators + 2 inputs + 1 broadcast of 16 registers (with
-    // 4 x 3 one accumulator spills, and its store-load round trip per tap
-    // halves the speed).
+    // AVX2: 12 accumulators + 2 broadcasts + 1 input of 16 registers; 2 x 6
+    // needs 2 broadcasts per 12 FMAs (6 x 2 measured 30 % slower, 4 x 3
+    // spills an accumulator).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn forward_avx2(
         p: &Prep,
@@ -241,7 +263,7 @@ mod x86 {
         n_out: usize,
         out: *mut f32,
     ) {
-        forward_image::<Avx2, 6, 2>(p, x, taps, w, n_out, out)
+        forward_image::<Avx2, 2, 6>(p, x, taps, w, n_out, out)
     }
 
     // AVX-512: 24 accumulators + 4 gradient rows + 1 input.
@@ -295,7 +317,7 @@ pub fn kernels(isa: super::ConvIsa) -> Option<Kernels> {
         #[cfg(target_arch = "x86_64")]
         super::ConvIsa::Avx2 => Some(Kernels {
             lanes: 8,
-            forward_block: 6,
+            forward_block: 2,
             forward: x86::forward_avx2,
             weight_grad: x86::weight_grad_avx2,
         }),

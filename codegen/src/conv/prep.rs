@@ -123,13 +123,29 @@ impl Prep {
                     continue;
                 }
                 let phase_row = dst_c.add((y % s) * s * plane + r * self.row);
+                if d == 1 {
+                    // One strided copy per column phase (a division per
+                    // element cost as much as the convolution itself).
+                    for b in 0..s {
+                        let ix0 = (b + s - self.pad_left % s) % s;
+                        let col0 = (self.pad_left + ix0) / s;
+                        let n = self.w.saturating_sub(ix0).div_ceil(s);
+                        let n = n.min(self.row.saturating_sub(col0));
+                        let to = phase_row.add(b * plane + col0);
+                        for k in 0..n {
+                            *to.add(k) = *src_row.add(ix0 + k * s);
+                        }
+                    }
+                    continue;
+                }
+                // Dilated (stride 1): every d-th column.
+                debug_assert_eq!(s, 1);
                 for ix in 0..self.w {
-                    let x = self.pad_left + d * ix;
-                    let col = x / s;
+                    let col = self.pad_left + d * ix;
                     if col >= self.row {
                         break;
                     }
-                    *phase_row.add((x % s) * plane + col) = *src_row.add(ix);
+                    *phase_row.add(col) = *src_row.add(ix);
                 }
             }
         }

@@ -18,6 +18,8 @@ pub trait Simd: Copy {
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// Sum of the lanes in a fixed order.
     unsafe fn hsum(v: Self::V) -> f32;
+    /// `v` with lane `i` taken from lane `idx[i]` (`idx` holds `L` entries).
+    unsafe fn permute(v: Self::V, idx: *const i32) -> Self::V;
     /// Stores lanes `from..to` of `v` at `base + lane`; the other lanes'
     /// addresses are not touched (so `base` itself may lie outside the buffer).
     unsafe fn store_lanes(base: *mut f32, v: Self::V, from: usize, to: usize);
@@ -57,6 +59,10 @@ impl Simd for Avx512 {
         // AVX-512F alone has no 8 x f32 extract: move the upper half as f64s.
         let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
         Avx2::hsum(_mm256_add_ps(lo, hi))
+    }
+    #[inline(always)]
+    unsafe fn permute(v: __m512, idx: *const i32) -> __m512 {
+        _mm512_permutexvar_ps(_mm512_loadu_si512(idx as *const _), v)
     }
     #[inline(always)]
     unsafe fn store_lanes(base: *mut f32, v: __m512, from: usize, to: usize) {
@@ -99,6 +105,10 @@ impl Simd for Avx2 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
         _mm_cvtss_f32(s)
+    }
+    #[inline(always)]
+    unsafe fn permute(v: __m256, idx: *const i32) -> __m256 {
+        _mm256_permutevar8x32_ps(v, _mm256_loadu_si256(idx as *const __m256i))
     }
     #[inline(always)]
     unsafe fn store_lanes(base: *mut f32, v: __m256, from: usize, to: usize) {
