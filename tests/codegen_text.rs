@@ -43,6 +43,18 @@ fn plans_of_both_models() {
                 plan.contains("layer1.0.drop.grad_input layer1.0.relu1.grad_input"),
                 "{plan}"
             );
+            // Every convolution followed by BatchNorm takes its statistics
+            // while it writes its output: no reduction reads it again.
+            let fused = plan
+                .lines()
+                .filter(|l| l.contains("conv Forward") && l.contains(".mean") && l.contains(".var"))
+                .count();
+            assert_eq!(
+                fused, 19,
+                "statistics fused into the 19 convolutions: {plan}"
+            );
+            assert!(!plan.contains("; layer1.0.bn1.mean\n"), "{plan}");
+            assert!(plan.contains("direct avx512"), "{plan}");
         } else {
             assert!(plan.contains("; relu1 drop1\n"), "{plan}");
         }

@@ -89,6 +89,8 @@ pub struct CompiledGraph {
     pub entry_clif: Option<String>,
     /// Seconds spent in each launch, when profiling is on.
     profile: Option<Vec<f64>>,
+    /// Instruction set of the convolution passes.
+    pub isa: ConvIsa,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -221,6 +223,7 @@ pub fn compile(
         clif,
         entry_clif,
         profile: None,
+        isa,
     })
 }
 
@@ -571,8 +574,8 @@ fn verify(s: &Schedule, kernels: &[KernelDef], layout: &StateLayout) -> Result<(
                 written.push(2);
             }
             LaunchKind::Conv(c) => {
-                need = c.extents().to_vec();
-                written.extend([2, 3]);
+                need = c.extents();
+                written.extend(2..need.len());
             }
             LaunchKind::Scalar { op, .. } => {
                 let (ins, out) = op.extents();
@@ -619,7 +622,7 @@ pub unsafe extern "C" fn dropjit_run_op(
     ptrs: *const *mut f32,
     threads: usize,
 ) {
-    (*op).run(std::slice::from_raw_parts(ptrs, 4), threads)
+    (*op).run(std::slice::from_raw_parts(ptrs, (*op).args()), threads)
 }
 
 impl CompiledGraph {
@@ -778,6 +781,47 @@ impl CompiledGraph {
         let mut v: Vec<(String, f64)> = lines.into_iter().zip(p.iter().copied()).collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1));
         v
+    }
+
+    /// Per convolution shape and pass (`Forward 16x32x32->16 k3 s1`, ...):
+    /// launches per step, seconds summed over the profiled runs, and
+    /// floating-point operations per step (2 per multiply-add), in
+    /// first-launch order.
+    pub fn profile_convs(&self) -> Vec<(String, usize, f64, f64)> {
+        let Some(p) = &self.profile else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, usize, f64, f64)> = Vec::new();
+        for (l, t) in self.schedule.launches.iter().zip(p) {
+            let LaunchKind::Conv(c) = &l.kind else {
+                continue;
+            };
+            let g = &c.geom;
+            let name = format!(
+                "{:?} {}x{}x{}->{} k{} s{} ({})",
+                c.pass,
+                g.c,
+                g.h,
+                g.w,
+                c.out_channels,
+                g.kh,
+                g.stride_h,
+                match c.algo {
+                    crate::conv::ConvAlgo::Direct(isa) => format!("direct {isa}"),
+                    crate::conv::ConvAlgo::Im2col => "im2col".to_string(),
+                }
+            );
+            let flops = 2.0 * (c.images * c.out_channels * g.col_rows() * g.col_cols()) as f64;
+            match out.iter_mut().find(|e| e.0 == name) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += t;
+                    e.3 += flops;
+                }
+                None => out.push((name, 1, *t, flops)),
+            }
+        }
+        out
     }
 
     /// Seconds per launch kind (`sgemm`, `im2col`, `elementwise`, ...), largest first.

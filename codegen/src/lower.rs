@@ -289,7 +289,22 @@ impl Lower<'_> {
                 let (x, y) = (self.nchw(ins[0]), self.nchw(id));
                 let yb = self.temp(&node.name, out_elems);
                 let args = [self.buf(ins[0]), self.buf(ins[1]), yb];
-                self.conv(id, ConvPass::Forward, conv_geom(x, a), y.c, args);
+                let launch =
+                    ConvLaunch::new(ConvPass::Forward, conv_geom(x, a), self.n, y.c, self.isa);
+                match self.bn_stats_of(id) {
+                    // BatchNorm's statistics taken while the output is written
+                    // (one pass less over it for each).
+                    Some((mean, var)) => {
+                        let (mb, vb) = (
+                            self.temp(&self.g.node(mean).name.clone(), y.c),
+                            self.temp(&self.g.node(var).name.clone(), y.c),
+                        );
+                        self.conv_launch(&[id, mean, var], launch.with_stats(), args, &[mb, vb]);
+                        self.value[mean.index()] = Some(mb);
+                        self.value[var.index()] = Some(vb);
+                    }
+                    None => self.conv_launch(&[id], launch, args, &[]),
+                }
                 self.value[id.index()] = Some(yb);
             }
             Op::Conv2dGradInput { conv: a, .. } => {
@@ -446,12 +461,38 @@ impl Lower<'_> {
         args: [BufRef; 3],
     ) {
         let launch = ConvLaunch::new(pass, geom, self.n, out_channels, self.isa);
+        self.conv_launch(&[id], launch, args, &[]);
+    }
+
+    /// One convolution launch for `nodes` (the pass first): its three
+    /// buffers, a scratch, then `extra` (the statistics).
+    fn conv_launch(
+        &mut self,
+        nodes: &[NodeId],
+        launch: ConvLaunch,
+        args: [BufRef; 3],
+        extra: &[BufRef],
+    ) {
         let scratch = self.temp(
-            &format!("{}.scratch", self.g.node(id).name),
+            &format!("{}.scratch", self.g.node(nodes[0]).name),
             launch.scratch(),
         );
-        let kind = LaunchKind::Conv(launch);
-        self.launch(kind, vec![args[0], args[1], args[2], scratch], &[id]);
+        let mut all = vec![args[0], args[1], args[2], scratch];
+        all.extend(extra);
+        self.launch(LaunchKind::Conv(launch), all, nodes);
+    }
+
+    /// The BatchNorm mean and variance nodes that read convolution `id`'s
+    /// output directly, if both do.
+    fn bn_stats_of(&self, id: NodeId) -> Option<(NodeId, NodeId)> {
+        let users = &self.users[id.index()];
+        let mean = *users.iter().find(|&&u| {
+            matches!(self.g.node(u).op, Op::BnMean { .. }) && self.g.node(u).inputs[0] == id
+        })?;
+        let var = *users.iter().find(|&&u| {
+            matches!(self.g.node(u).op, Op::BnVar { .. }) && self.g.node(u).inputs == [id, mean]
+        })?;
+        Some((mean, var))
     }
 
     fn scalar(&mut self, id: NodeId, op: ScalarOp, ins: &[NodeId]) {

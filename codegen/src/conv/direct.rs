@@ -32,8 +32,8 @@ unsafe fn forward_tile<S: Simd, const CB: usize, const PV: usize>(
         let wb: [S::V; CB] = std::array::from_fn(|c| S::splat(*wt.add(c)));
         for p in 0..PV {
             let xv = S::loadu(xp.add(p * S::L));
-            for c in 0..CB {
-                acc[c][p] = S::fma(wb[c], xv, acc[c][p]);
+            for (row, &w) in acc.iter_mut().zip(&wb) {
+                row[p] = S::fma(w, xv, row[p]);
             }
         }
     }

@@ -11,6 +11,7 @@ pub(super) unsafe fn run(l: &ConvLaunch, ptrs: &[*mut f32], threads: usize) {
     let (g, co) = (&l.geom, l.out_channels);
     let (kk, hw) = (g.col_rows(), g.col_cols());
     let (a, w, out) = (ptrs[0] as usize, ptrs[1] as usize, ptrs[2] as usize);
+    let scratch = ptrs[3] as usize;
     match l.pass {
         ConvPass::Forward => for_each_image(l.images, threads, &|n| {
             with_scratch(kk * hw, |col| {
@@ -23,7 +24,8 @@ pub(super) unsafe fn run(l: &ConvLaunch, ptrs: &[*mut f32], threads: usize) {
                     (out as *mut f32).add(n * co * hw),
                     1,
                 );
-            })
+            });
+            l.after_image(out, scratch, n);
         }),
         ConvPass::GradInput => for_each_image(l.images, threads, &|n| {
             with_scratch(kk * hw, |col| {

@@ -20,6 +20,7 @@ mod isa;
 mod peak;
 pub mod prep;
 mod simd;
+mod stats;
 
 use std::cell::RefCell;
 
@@ -68,6 +69,9 @@ pub struct ConvLaunch {
     pub images: usize,
     pub out_channels: usize,
     pub algo: ConvAlgo,
+    /// Forward only: also write BatchNorm's batch mean and biased variance
+    /// of the output, per channel (arguments 4 and 5).
+    pub stats: bool,
 }
 
 impl ConvLaunch {
@@ -99,6 +103,24 @@ impl ConvLaunch {
             images,
             out_channels,
             algo,
+            stats: false,
+        }
+    }
+
+    /// The forward pass that also writes BatchNorm's statistics of its output.
+    pub fn with_stats(mut self) -> Self {
+        assert_eq!(self.pass, ConvPass::Forward, "statistics of a forward pass");
+        self.stats = true;
+        self
+    }
+
+    /// Buffers the launch takes: `[in, in, out, scratch]`, then `mean, var`
+    /// with statistics.
+    pub fn args(&self) -> usize {
+        if self.stats {
+            6
+        } else {
+            4
         }
     }
 
@@ -112,8 +134,20 @@ impl ConvLaunch {
     }
 
     /// Elements of the launch's arena scratch: the weight-gradient partials,
-    /// or the packed weights of a direct pass.
+    /// or the packed weights of a direct pass; then the per-image statistics.
     pub fn scratch(&self) -> usize {
+        self.main_scratch() + self.stats_scratch()
+    }
+
+    fn stats_scratch(&self) -> usize {
+        if self.stats {
+            2 * self.images * self.out_channels
+        } else {
+            0
+        }
+    }
+
+    fn main_scratch(&self) -> usize {
         match (self.pass, self.algo) {
             (ConvPass::GradWeight, _) => self.groups() * self.weight_len(),
             (pass, ConvAlgo::Direct(isa)) => {
@@ -136,8 +170,8 @@ impl ConvLaunch {
     }
 
     /// Elements each argument must hold: `[in, in, out, scratch]` in the
-    /// order of [`ConvPass`].
-    pub fn extents(&self) -> [usize; 4] {
+    /// order of [`ConvPass`], then `mean, var` with statistics.
+    pub fn extents(&self) -> Vec<usize> {
         let g = &self.geom;
         let x = self.images * g.image_len();
         let y = self.images * self.out_channels * g.col_cols();
@@ -147,7 +181,11 @@ impl ConvLaunch {
             ConvPass::GradInput => [y, w, x],
             ConvPass::GradWeight => [y, x, w],
         };
-        [a, b, c, self.scratch()]
+        let mut e = vec![a, b, c, self.scratch()];
+        if self.stats {
+            e.extend([self.out_channels; 2]);
+        }
+        e
     }
 
     /// What `--emit plan` shows: algorithm, instruction set, layout.
@@ -196,6 +234,37 @@ impl ConvLaunch {
     /// output and scratch overlap nothing else; for [`ConvAlgo::Direct`] the
     /// CPU runs its instruction set.
     pub unsafe fn run(&self, ptrs: &[*mut f32], threads: usize) {
+        self.run_pass(ptrs, threads);
+        if self.stats {
+            let (co, plane) = (self.out_channels, self.geom.col_cols());
+            stats::combine(
+                ptrs[3].add(self.main_scratch()),
+                self.images,
+                co,
+                plane,
+                ptrs[4],
+                ptrs[5],
+            );
+        }
+    }
+
+    /// Called once an image's output is written: its statistics, if asked for.
+    ///
+    /// # Safety
+    /// As [`ConvLaunch::run`]; `n` is an image of the batch.
+    pub(super) unsafe fn after_image(&self, out: usize, scratch: usize, n: usize) {
+        if self.stats {
+            let (co, plane) = (self.out_channels, self.geom.col_cols());
+            stats::image_stats(
+                (out as *const f32).add(n * co * plane),
+                co,
+                plane,
+                (scratch as *mut f32).add(self.main_scratch() + 2 * n * co),
+            );
+        }
+    }
+
+    unsafe fn run_pass(&self, ptrs: &[*mut f32], threads: usize) {
         match self.algo {
             ConvAlgo::Im2col => im2col::run(self, ptrs, threads),
             ConvAlgo::Direct(isa) => {
@@ -249,6 +318,7 @@ impl ConvLaunch {
         };
         let (src, dst, wpack) = (ptrs[0] as usize, ptrs[2] as usize, wpack.as_ptr() as usize);
         let len = p.len(k.lanes);
+        let scratch = ptrs[3] as usize;
         for_each_image(self.images, threads, &|n| {
             with_scratch(len, |buf| {
                 p.fill((src as *const f32).add(n * in_len), buf, k.lanes);
@@ -260,7 +330,8 @@ impl ConvLaunch {
                     n_out,
                     (dst as *mut f32).add(n * out_len),
                 );
-            })
+            });
+            self.after_image(dst, scratch, n);
         });
     }
 

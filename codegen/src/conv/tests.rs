@@ -272,3 +272,87 @@ fn conv_speed() {
         eprintln!("{line}");
     }
 }
+
+/// The forward kernel alone on one prepared image, again and again (in cache).
+#[test]
+#[ignore]
+fn forward_kernel_in_cache() {
+    let isa = ConvIsa::detected();
+    let k = direct::kernels(isa).expect("a vector isa");
+    for &(c, size, co) in &[(16, 32, 16), (32, 16, 32), (64, 8, 64)] {
+        let g = ConvGeom::new(c, size, size, 3, 3, (1, 1), (1, 1));
+        let l = ConvLaunch::new(ConvPass::Forward, g, 1, co, isa);
+        let p = l.prep();
+        let x = data(g.image_len(), 1);
+        let mut xp = vec![0f32; p.len(k.lanes)];
+        unsafe { p.fill(x.as_ptr(), xp.as_mut_ptr(), k.lanes) };
+        let taps: Vec<usize> = (0..c)
+            .flat_map(|ci| (0..9).map(move |t| ci * p.chan_len + p.tap(t / 3, t % 3)))
+            .collect();
+        let aligned = std::env::var("ALIGNED").is_ok();
+        let taps: Vec<usize> = if aligned {
+            taps.iter().map(|t| t / 8 * 8).collect()
+        } else {
+            taps
+        };
+        let wpack = data(co.next_multiple_of(k.forward_block) * taps.len(), 2);
+        let mut y = vec![0f32; co * g.col_cols()];
+        let reps = 300;
+        let mut s = f64::INFINITY;
+        for _ in 0..5 {
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                unsafe { (k.forward)(&p, xp.as_ptr(), &taps, wpack.as_ptr(), co, y.as_mut_ptr()) };
+            }
+            s = s.min(t0.elapsed().as_secs_f64());
+        }
+        let flops = 2.0 * (co * g.col_rows() * g.col_cols() * reps) as f64;
+        eprintln!(
+            "{c}x{size}->{co}: {:.1} GFLOP/s; peak {:.1}",
+            flops / s / 1e9,
+            fma_peak_gflops(isa).unwrap()
+        );
+    }
+}
+
+#[test]
+fn forward_with_statistics_writes_batchnorm_mean_and_variance() {
+    for isa in ConvIsa::ALL.into_iter().filter(|i| i.available()) {
+        for &(c, size, co, k, stride, pad, images) in
+            &[(3, 9, 5, 3, 1, 1, 3), (4, 7, 17, 3, 2, 1, 5)]
+        {
+            let g = ConvGeom::new(c, size, size, k, k, (stride, stride), (pad, pad));
+            let x = data(images * g.image_len(), 1);
+            let w = data(co * g.col_rows(), 2);
+            let l = ConvLaunch::new(ConvPass::Forward, g, images, co, isa).with_stats();
+            let e = l.extents();
+            assert_eq!(e.len(), 6);
+            let mut bufs: Vec<Vec<f32>> = e[2..].iter().map(|&n| vec![f32::NAN; n]).collect();
+            let mut ptrs = vec![x.as_ptr() as *mut f32, w.as_ptr() as *mut f32];
+            ptrs.extend(bufs.iter_mut().map(|b| b.as_mut_ptr()));
+            for threads in [1, 3] {
+                unsafe { l.run(&ptrs, threads) };
+                let (y, mean, var) = (&bufs[0], &bufs[2], &bufs[3]);
+                let hw = g.col_cols();
+                for o in 0..co {
+                    let vals: Vec<f64> = (0..images)
+                        .flat_map(|n| y[(n * co + o) * hw..][..hw].to_vec())
+                        .map(|v| v as f64)
+                        .collect();
+                    let m = vals.iter().sum::<f64>() / vals.len() as f64;
+                    let v = vals.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / vals.len() as f64;
+                    assert!(
+                        (mean[o] as f64 - m).abs() < 1e-6,
+                        "{isa} mean {o}: {} vs {m}",
+                        mean[o]
+                    );
+                    assert!(
+                        (var[o] as f64 - v).abs() < 1e-5 * (1.0 + v),
+                        "{isa} var {o}: {} vs {v}",
+                        var[o]
+                    );
+                }
+            }
+        }
+    }
+}

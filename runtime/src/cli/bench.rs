@@ -61,10 +61,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CliError> {
     } else {
         engine.step_program(batch)?
     };
-    let (arena_bytes, kernels, unique) = (
+    let (arena_bytes, kernels, unique, isa) = (
         compiled.arena_bytes(),
         compiled.kernel_count(),
         compiled.unique_kernel_count(),
+        compiled.isa,
     );
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
     if args.profile && !args.eval {
@@ -100,11 +101,12 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CliError> {
             "threads": args.threads, "steps": args.steps, "images_per_second": ips,
             "step_ms_median": median, "step_ms_min": min, "step_ms_max": max,
             "compile_ms": compile_ms, "arena_bytes": arena_bytes, "kernels": kernels, "kernels_compiled": unique,
+            "conv_isa": isa.name(),
         });
         println!("{obj}");
     } else {
         println!(
-            "{} {what} {} batch {batch} threads {}: {median:.2} ms/step (range {min:.2}-{max:.2} over {} steps), {ips:.0} images/s; compile {compile_ms:.1} ms ({kernels} kernels, {unique} distinct), arena {:.1} MiB",
+            "{} {what} {} batch {batch} threads {}: {median:.2} ms/step (range {min:.2}-{max:.2} over {} steps), {ips:.0} images/s; compile {compile_ms:.1} ms ({kernels} kernels, {unique} distinct), arena {:.1} MiB, convolutions {isa}",
             g.name,
             dropout.describe(),
             args.threads,
@@ -117,6 +119,29 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CliError> {
         let runs = (args.steps + 2) as f64;
         for (kind, secs) in c.profile_by_kind() {
             println!("  {kind:<28} {:>8.2} ms/step", secs * 1e3 / runs);
+        }
+        // Each core's FMA peak, to read the convolutions' rates against.
+        let peak = dropjit_codegen::conv::fma_peak_gflops(isa);
+        match peak {
+            Some(p) => println!(
+                "  convolutions (FMA peak {p:.1} GFLOP/s per core, {:.1} on {} threads):",
+                p * args.threads as f64,
+                args.threads
+            ),
+            None => println!("  convolutions:"),
+        }
+        for (name, launches, secs, flops) in c.profile_convs() {
+            let gflops = flops * runs / secs / 1e9;
+            let share = peak.map_or(String::new(), |p| {
+                format!(
+                    ", {:.0} % of peak",
+                    100.0 * gflops / (p * args.threads as f64)
+                )
+            });
+            println!(
+                "    {name:<44} x{launches:<2} {:>7.2} ms/step {gflops:>6.1} GFLOP/s{share}",
+                secs * 1e3 / runs
+            );
         }
         println!("  slowest launches:");
         for (line, secs) in c.profile_by_launch().into_iter().take(12) {
