@@ -407,14 +407,11 @@ impl ConvLaunch {
     }
 }
 
-/// `f(0..n)` over up to `threads` threads of the global pool, in contiguous
-/// chunks; each `f(i)` must write only its own outputs.
+/// `f(0..n)` on up to `threads` threads of the global pool, each claiming
+/// the next index when it is free (a thread the VM or the OS slows down
+/// takes fewer); each `f(i)` must write only its own outputs.
 fn for_each_image(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
-    let parts = threads.clamp(1, n.max(1));
-    if parts <= 1 {
-        return (0..n).for_each(f);
-    }
-    global_pool().parallel_for(parts, &|t| (t * n / parts..(t + 1) * n / parts).for_each(f));
+    global_pool().parallel_for_on(n, threads, f)
 }
 
 thread_local! {

@@ -24,6 +24,8 @@ struct Job {
     n_tasks: usize,
     next: AtomicUsize,
     panicked: AtomicBool,
+    /// Workers that may still join (the submitter is not counted).
+    seats: AtomicUsize,
 }
 
 impl Job {
@@ -106,8 +108,15 @@ impl ThreadPool {
     /// Runs `f(0), ..., f(n_tasks - 1)`, spread over the pool; returns when all
     /// are done. Re-raises a task's panic.
     pub fn parallel_for(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        self.parallel_for_on(n_tasks, usize::MAX, f)
+    }
+
+    /// [`ThreadPool::parallel_for`] on at most `max_threads` threads (the
+    /// caller included); tasks are claimed one at a time, so uneven tasks or
+    /// a slow thread balance out.
+    pub fn parallel_for_on(&self, n_tasks: usize, max_threads: usize, f: &(dyn Fn(usize) + Sync)) {
         let serial = || (0..n_tasks).for_each(f);
-        if n_tasks <= 1 || self.workers.is_empty() || IN_TASK.with(|t| t.get()) {
+        if n_tasks <= 1 || max_threads <= 1 || self.workers.is_empty() || IN_TASK.with(|t| t.get()) {
             return serial();
         }
         let Ok(_guard) = self.submit.try_lock() else {
@@ -123,6 +132,7 @@ impl ThreadPool {
             n_tasks,
             next: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
+            seats: AtomicUsize::new(max_threads - 1),
         };
         let sh = &*self.shared;
         sh.job
@@ -217,11 +227,17 @@ fn worker_loop(sh: &Shared, w: usize) {
         if !p.is_null() {
             // SAFETY: the submitter keeps the job alive until `active` is 0.
             let job = unsafe { &*p };
-            IN_TASK.with(|t| t.set(true));
-            if !job.run_tasks() {
-                job.panicked.store(true, Ordering::Relaxed);
+            let seated = job
+                .seats
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| s.checked_sub(1))
+                .is_ok();
+            if seated {
+                IN_TASK.with(|t| t.set(true));
+                if !job.run_tasks() {
+                    job.panicked.store(true, Ordering::Relaxed);
+                }
+                IN_TASK.with(|t| t.set(false));
             }
-            IN_TASK.with(|t| t.set(false));
         }
         sh.active.fetch_sub(1, Ordering::SeqCst);
     }
@@ -345,6 +361,26 @@ mod tests {
 #[cfg(test)]
 mod worker_tests {
     use super::*;
+
+    #[test]
+    fn parallel_for_on_keeps_to_its_thread_limit() {
+        let pool = ThreadPool::new(4);
+        for limit in [1, 2, 3] {
+            let ids = Mutex::new(std::collections::HashSet::new());
+            let done = AtomicUsize::new(0);
+            pool.parallel_for_on(64, limit, &|_| {
+                ids.lock().unwrap().insert(thread::current().id());
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_micros(200) {
+                    std::hint::spin_loop();
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(done.load(Ordering::Relaxed), 64);
+            let used = ids.lock().unwrap().len();
+            assert!(used >= 1 && used <= limit, "limit {limit}: {used} threads ran tasks");
+        }
+    }
 
     #[test]
     fn worker_threads_take_part() {
