@@ -104,6 +104,9 @@ impl Prep {
     /// # Safety
     /// `src` and `dst` hold those many elements.
     pub unsafe fn fill(&self, src: *const f32, dst: *mut f32, lanes: usize) {
+        if self.stride == 1 && self.dilation == 1 {
+            return self.fill_rows_padded(src, dst, lanes);
+        }
         std::ptr::write_bytes(dst, 0, self.len(lanes));
         let (s, d) = (self.stride, self.dilation);
         let plane = self.rows * self.row;
@@ -152,6 +155,30 @@ impl Prep {
     }
 }
 
+impl Prep {
+    /// [`Prep::fill`] for stride 1 without dilation: rows are copied and only
+    /// the padding between them is zeroed (one pass over the buffer, not two).
+    unsafe fn fill_rows_padded(&self, src: *const f32, dst: *mut f32, lanes: usize) {
+        let zero = |from: usize, to: usize| {
+            if to > from {
+                std::ptr::write_bytes(dst.add(from), 0, to - from);
+            }
+        };
+        let mut done = 0; // everything before this offset is written
+        for c in 0..self.chans {
+            let base = c * self.chan_len;
+            let rows = self.h.min(self.rows.saturating_sub(self.pad_top));
+            for iy in 0..rows {
+                let at = base + (self.pad_top + iy) * self.row + self.pad_left;
+                zero(done, at);
+                std::ptr::copy_nonoverlapping(src.add((c * self.h + iy) * self.w), dst.add(at), self.w);
+                done = at + self.w;
+            }
+        }
+        zero(done, self.len(lanes));
+    }
+}
+
 /// Copies `chans` planes of `out_h x out_w` into rows of `row` (junk columns
 /// and the tail up to `chan_stride` zero): the layout of a gradient that the
 /// weight-gradient kernel multiplies with a prepared input.
@@ -166,15 +193,14 @@ pub unsafe fn fill_rows(
     chan_stride: usize,
     dst: *mut f32,
 ) {
-    std::ptr::write_bytes(dst, 0, chans * chan_stride);
     for c in 0..chans {
+        let plane = dst.add(c * chan_stride);
         for oy in 0..out_h {
-            std::ptr::copy_nonoverlapping(
-                src.add((c * out_h + oy) * out_w),
-                dst.add(c * chan_stride + oy * row),
-                out_w,
-            );
+            let row_start = plane.add(oy * row);
+            std::ptr::copy_nonoverlapping(src.add((c * out_h + oy) * out_w), row_start, out_w);
+            std::ptr::write_bytes(row_start.add(out_w), 0, row - out_w);
         }
+        std::ptr::write_bytes(plane.add(out_h * row), 0, chan_stride - out_h * row);
     }
 }
 
