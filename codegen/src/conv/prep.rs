@@ -171,7 +171,11 @@ impl Prep {
             for iy in 0..rows {
                 let at = base + (self.pad_top + iy) * self.row + self.pad_left;
                 zero(done, at);
-                std::ptr::copy_nonoverlapping(src.add((c * self.h + iy) * self.w), dst.add(at), self.w);
+                std::ptr::copy_nonoverlapping(
+                    src.add((c * self.h + iy) * self.w),
+                    dst.add(at),
+                    self.w,
+                );
                 done = at + self.w;
             }
         }

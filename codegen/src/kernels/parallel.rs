@@ -116,7 +116,8 @@ impl ThreadPool {
     /// a slow thread balance out.
     pub fn parallel_for_on(&self, n_tasks: usize, max_threads: usize, f: &(dyn Fn(usize) + Sync)) {
         let serial = || (0..n_tasks).for_each(f);
-        if n_tasks <= 1 || max_threads <= 1 || self.workers.is_empty() || IN_TASK.with(|t| t.get()) {
+        if n_tasks <= 1 || max_threads <= 1 || self.workers.is_empty() || IN_TASK.with(|t| t.get())
+        {
             return serial();
         }
         let Ok(_guard) = self.submit.try_lock() else {
@@ -378,7 +379,10 @@ mod worker_tests {
             });
             assert_eq!(done.load(Ordering::Relaxed), 64);
             let used = ids.lock().unwrap().len();
-            assert!(used >= 1 && used <= limit, "limit {limit}: {used} threads ran tasks");
+            assert!(
+                used >= 1 && used <= limit,
+                "limit {limit}: {used} threads ran tasks"
+            );
         }
     }
 
