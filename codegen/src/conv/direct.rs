@@ -17,23 +17,29 @@
 use super::prep::Prep;
 use super::simd::Simd;
 
+/// Taps come in runs of `RUN` consecutive offsets from each of `rows` (one
+/// run per input row of a stride-1 kernel; `RUN = 1` for any other tap list),
+/// so within a run the loads differ by constant displacements: measured ~10 %
+/// faster than one offset per tap.
 #[inline(always)]
-unsafe fn forward_tile<S: Simd, const CB: usize, const PV: usize>(
+unsafe fn forward_tile<S: Simd, const CB: usize, const PV: usize, const RUN: usize>(
     x: *const f32,
-    taps: &[usize],
+    rows: &[usize],
     w: *const f32,
 ) -> [[S::V; PV]; CB] {
     let mut acc = [[S::zero(); PV]; CB];
-    for (t, &off) in taps.iter().enumerate() {
-        // CB broadcasts, then each input vector is loaded once and used CB
-        // times: CB + 1 registers besides the accumulators.
-        let xp = x.add(off);
-        let wt = w.add(t * CB);
-        let wb: [S::V; CB] = std::array::from_fn(|c| S::splat(*wt.add(c)));
-        for p in 0..PV {
-            let xv = S::loadu(xp.add(p * S::L));
-            for (row, &w) in acc.iter_mut().zip(&wb) {
-                row[p] = S::fma(w, xv, row[p]);
+    for (r, &off) in rows.iter().enumerate() {
+        for j in 0..RUN {
+            // CB broadcasts, then each input vector is loaded once and used
+            // CB times: CB + 1 registers besides the accumulators.
+            let xp = x.add(off + j);
+            let wt = w.add((r * RUN + j) * CB);
+            let wb: [S::V; CB] = std::array::from_fn(|c| S::splat(*wt.add(c)));
+            for p in 0..PV {
+                let xv = S::loadu(xp.add(p * S::L));
+                for (row, &w) in acc.iter_mut().zip(&wb) {
+                    row[p] = S::fma(w, xv, row[p]);
+                }
             }
         }
     }
@@ -94,10 +100,10 @@ fn vector_stores(p: &Prep, q0: usize, nv: usize, lanes: usize, out: &mut [VecSto
 }
 
 #[inline(always)]
-unsafe fn forward_block<S: Simd, const CB: usize, const PV: usize>(
+unsafe fn forward_block<S: Simd, const CB: usize, const PV: usize, const RUN: usize>(
     p: &Prep,
     xprep: *const f32,
-    taps: &[usize],
+    rows: &[usize],
     wpack: *const f32,
     n_out: usize,
     out: *mut f32,
@@ -108,8 +114,8 @@ unsafe fn forward_block<S: Simd, const CB: usize, const PV: usize>(
     vector_stores(p, q0, PV, S::L, &mut stores);
     let plane = p.out_h * p.out_w;
     for o0 in (0..n_out).step_by(CB) {
-        let w = wpack.add(o0 * taps.len());
-        let acc = forward_tile::<S, CB, PV>(xprep.add(q0), taps, w);
+        let w = wpack.add(o0 * rows.len() * RUN);
+        let acc = forward_tile::<S, CB, PV, RUN>(xprep.add(q0), rows, w);
         for (c, row) in acc.iter().enumerate().take(n_out - o0) {
             let dst = out.add((o0 + c) * plane);
             for (st, &a) in stores.iter().zip(row) {
@@ -131,14 +137,31 @@ unsafe fn forward_block<S: Simd, const CB: usize, const PV: usize>(
     }
 }
 
-/// One image of a forward-style pass. `wpack` holds `ceil(n_out / CB)`
-/// blocks of `[taps.len()][CB]` weights; `out` is `n_out` planes of
-/// `out_h · out_w`.
+/// One image of a forward-style pass over the taps `rows[r] + j`
+/// (`j < run`, `run` 1, 3 or 5). `wpack` holds `ceil(n_out / CB)` blocks of
+/// `[taps][CB]` weights; `out` is `n_out` planes of `out_h · out_w`.
 #[inline(always)]
 unsafe fn forward_image<S: Simd, const CB: usize, const PV: usize>(
     p: &Prep,
     xprep: *const f32,
-    taps: &[usize],
+    rows: &[usize],
+    run: usize,
+    wpack: *const f32,
+    n_out: usize,
+    out: *mut f32,
+) {
+    match run {
+        3 => forward_runs::<S, CB, PV, 3>(p, xprep, rows, wpack, n_out, out),
+        5 => forward_runs::<S, CB, PV, 5>(p, xprep, rows, wpack, n_out, out),
+        _ => forward_runs::<S, CB, PV, 1>(p, xprep, rows, wpack, n_out, out),
+    }
+}
+
+#[inline(always)]
+unsafe fn forward_runs<S: Simd, const CB: usize, const PV: usize, const RUN: usize>(
+    p: &Prep,
+    xprep: *const f32,
+    rows: &[usize],
     wpack: *const f32,
     n_out: usize,
     out: *mut f32,
@@ -146,18 +169,18 @@ unsafe fn forward_image<S: Simd, const CB: usize, const PV: usize>(
     let nvec = p.vectors(S::L);
     let mut v0 = 0;
     while v0 + PV <= nvec {
-        forward_block::<S, CB, PV>(p, xprep, taps, wpack, n_out, out, v0);
+        forward_block::<S, CB, PV, RUN>(p, xprep, rows, wpack, n_out, out, v0);
         v0 += PV;
     }
     // The last, shorter tile; arms past PV are never taken.
-    let args = (p, xprep, taps, wpack, n_out, out, v0);
+    let a = (p, xprep, rows, wpack, n_out, out, v0);
     match nvec - v0 {
         0 => {}
-        1 => forward_block::<S, CB, 1>(args.0, args.1, args.2, args.3, args.4, args.5, args.6),
-        2 => forward_block::<S, CB, 2>(args.0, args.1, args.2, args.3, args.4, args.5, args.6),
-        3 => forward_block::<S, CB, 3>(args.0, args.1, args.2, args.3, args.4, args.5, args.6),
-        4 => forward_block::<S, CB, 4>(args.0, args.1, args.2, args.3, args.4, args.5, args.6),
-        5 => forward_block::<S, CB, 5>(args.0, args.1, args.2, args.3, args.4, args.5, args.6),
+        1 => forward_block::<S, CB, 1, RUN>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+        2 => forward_block::<S, CB, 2, RUN>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+        3 => forward_block::<S, CB, 3, RUN>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+        4 => forward_block::<S, CB, 4, RUN>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+        5 => forward_block::<S, CB, 5, RUN>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
         _ => unreachable!("tiles have at most 6 vectors"),
     }
 }
@@ -217,7 +240,9 @@ pub struct Kernels {
     pub lanes: usize,
     /// Output channels per forward tile (the packing block).
     pub forward_block: usize,
-    pub forward: unsafe fn(&Prep, *const f32, &[usize], *const f32, usize, *mut f32),
+    /// `(prep, image, tap rows, run, packed weights, outputs, out)`.
+    #[allow(clippy::type_complexity)]
+    pub forward: unsafe fn(&Prep, *const f32, &[usize], usize, *const f32, usize, *mut f32),
     #[allow(clippy::type_complexity)]
     pub weight_grad: unsafe fn(
         usize,
@@ -243,12 +268,13 @@ mod x86 {
     pub unsafe fn forward_avx512(
         p: &Prep,
         x: *const f32,
-        taps: &[usize],
+        rows: &[usize],
+        run: usize,
         w: *const f32,
         n_out: usize,
         out: *mut f32,
     ) {
-        forward_image::<Avx512, 4, 6>(p, x, taps, w, n_out, out)
+        forward_image::<Avx512, 4, 6>(p, x, rows, run, w, n_out, out)
     }
 
     // AVX2: 12 accumulators + 2 broadcasts + 1 input of 16 registers; 2 x 6
@@ -258,12 +284,13 @@ mod x86 {
     pub unsafe fn forward_avx2(
         p: &Prep,
         x: *const f32,
-        taps: &[usize],
+        rows: &[usize],
+        run: usize,
         w: *const f32,
         n_out: usize,
         out: *mut f32,
     ) {
-        forward_image::<Avx2, 2, 6>(p, x, taps, w, n_out, out)
+        forward_image::<Avx2, 2, 6>(p, x, rows, run, w, n_out, out)
     }
 
     // AVX-512: 24 accumulators + 4 gradient rows + 1 input.

@@ -316,6 +316,15 @@ impl ConvLaunch {
         } else {
             (co * g.col_cols(), g.image_len())
         };
+        // Stride 1 with a 3- or 5-wide kernel: one run of `kw` taps per row.
+        let (rows, run): (Vec<usize>, usize) = if p.stride == 1 && (kw == 3 || kw == 5) {
+            let rows = (0..p.chans)
+                .flat_map(|c| (0..kh).map(move |ki| c * p.chan_len + p.tap(ki, 0)))
+                .collect();
+            (rows, kw)
+        } else {
+            (taps, 1)
+        };
         let (src, dst, wpack) = (ptrs[0] as usize, ptrs[2] as usize, wpack.as_ptr() as usize);
         let len = p.len(k.lanes);
         let scratch = ptrs[3] as usize;
@@ -325,7 +334,8 @@ impl ConvLaunch {
                 (k.forward)(
                     &p,
                     buf,
-                    &taps,
+                    &rows,
+                    run,
                     wpack as *const f32,
                     n_out,
                     (dst as *mut f32).add(n * out_len),
