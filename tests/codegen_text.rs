@@ -57,6 +57,10 @@ fn plans_of_both_models() {
             assert!(plan.contains("direct avx512"), "{plan}");
         } else {
             assert!(plan.contains("; relu1 drop1\n"), "{plan}");
+            // Each convolution adds its bias as it stores its output.
+            for conv in ["conv1", "conv2", "conv3"] {
+                assert!(plan.contains(&format!("; {conv}.conv {conv}\n")), "{plan}");
+            }
         }
     }
 }

@@ -289,23 +289,38 @@ impl Lower<'_> {
                 let (x, y) = (self.nchw(ins[0]), self.nchw(id));
                 let yb = self.temp(&node.name, out_elems);
                 let args = [self.buf(ins[0]), self.buf(ins[1]), yb];
-                let launch =
+                let mut launch =
                     ConvLaunch::new(ConvPass::Forward, conv_geom(x, a), self.n, y.c, self.isa);
-                match self.bn_stats_of(id) {
-                    // BatchNorm's statistics taken while the output is written
-                    // (one pass less over it for each).
-                    Some((mean, var)) => {
-                        let (mb, vb) = (
-                            self.temp(&self.g.node(mean).name.clone(), y.c),
-                            self.temp(&self.g.node(var).name.clone(), y.c),
-                        );
-                        self.conv_launch(&[id, mean, var], launch.with_stats(), args, &[mb, vb]);
-                        self.value[mean.index()] = Some(mb);
-                        self.value[var.index()] = Some(vb);
+                let mut nodes = vec![id];
+                let mut extra = Vec::new();
+                // A bias that only this convolution's output receives is added
+                // as the output is stored (one pass less over it); the
+                // convolution's own, bias-free value is then never stored.
+                let out_node = match self.bias_of(id) {
+                    Some((add, bias)) => {
+                        // Parameters are bound where they are first used.
+                        self.node(bias)?;
+                        launch = launch.with_bias();
+                        nodes.push(add);
+                        extra.push(self.buf(bias));
+                        add
                     }
-                    None => self.conv_launch(&[id], launch, args, &[]),
+                    None => id,
+                };
+                // BatchNorm's statistics taken while the output is written.
+                if let Some((mean, var)) = self.bn_stats_of(out_node) {
+                    let (mb, vb) = (
+                        self.temp(&self.g.node(mean).name.clone(), y.c),
+                        self.temp(&self.g.node(var).name.clone(), y.c),
+                    );
+                    launch = launch.with_stats();
+                    nodes.extend([mean, var]);
+                    extra.extend([mb, vb]);
+                    self.value[mean.index()] = Some(mb);
+                    self.value[var.index()] = Some(vb);
                 }
-                self.value[id.index()] = Some(yb);
+                self.conv_launch(&nodes, launch, args, &extra);
+                self.value[out_node.index()] = Some(yb);
             }
             Op::Conv2dGradInput { conv: a, .. } => {
                 let (dy, x) = (self.nchw(ins[0]), self.nchw(id));
@@ -480,6 +495,21 @@ impl Lower<'_> {
         let mut all = vec![args[0], args[1], args[2], scratch];
         all.extend(extra);
         self.launch(LaunchKind::Conv(launch), all, nodes);
+    }
+
+    /// The bias-add node and its bias parameter when that node is the only
+    /// reader of convolution `id`'s output.
+    fn bias_of(&self, id: NodeId) -> Option<(NodeId, NodeId)> {
+        let [add] = self.users[id.index()][..] else {
+            return None;
+        };
+        let node = self.g.node(add);
+        let bias = *node.inputs.get(1)?;
+        (node.op == Op::BiasAdd
+            && node.inputs[0] == id
+            && matches!(self.g.node(bias).op, Op::Param(_))
+            && !self.outputs.contains(&id))
+        .then_some((add, bias))
     }
 
     /// The BatchNorm mean and variance nodes that read convolution `id`'s

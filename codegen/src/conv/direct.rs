@@ -105,7 +105,7 @@ unsafe fn forward_block<S: Simd, const CB: usize, const PV: usize, const RUN: us
     xprep: *const f32,
     rows: &[usize],
     wpack: *const f32,
-    n_out: usize,
+    (n_out, bias): (usize, *const f32),
     out: *mut f32,
     v0: usize,
 ) {
@@ -118,10 +118,15 @@ unsafe fn forward_block<S: Simd, const CB: usize, const PV: usize, const RUN: us
         let acc = forward_tile::<S, CB, PV, RUN>(xprep.add(q0), rows, w);
         for (c, row) in acc.iter().enumerate().take(n_out - o0) {
             let dst = out.add((o0 + c) * plane);
+            let b = (!bias.is_null()).then(|| S::splat(*bias.add(o0 + c)));
             for (st, &a) in stores.iter().zip(row) {
                 if st.valid == 0 {
                     continue;
                 }
+                let a = match b {
+                    Some(b) => S::add(a, b),
+                    None => a,
+                };
                 let a = if st.in_order {
                     a
                 } else {
@@ -139,7 +144,8 @@ unsafe fn forward_block<S: Simd, const CB: usize, const PV: usize, const RUN: us
 
 /// One image of a forward-style pass over the taps `rows[r] + j`
 /// (`j < run`, `run` 1, 3 or 5). `wpack` holds `ceil(n_out / CB)` blocks of
-/// `[taps][CB]` weights; `out` is `n_out` planes of `out_h · out_w`.
+/// `[taps][CB]` weights; `out` is `n_out` planes of `out_h · out_w`, plus
+/// `bias[o]` on plane `o` unless `bias` is null.
 #[inline(always)]
 unsafe fn forward_image<S: Simd, const CB: usize, const PV: usize>(
     p: &Prep,
@@ -147,7 +153,7 @@ unsafe fn forward_image<S: Simd, const CB: usize, const PV: usize>(
     rows: &[usize],
     run: usize,
     wpack: *const f32,
-    n_out: usize,
+    n_out: (usize, *const f32),
     out: *mut f32,
 ) {
     match run {
@@ -163,7 +169,7 @@ unsafe fn forward_runs<S: Simd, const CB: usize, const PV: usize, const RUN: usi
     xprep: *const f32,
     rows: &[usize],
     wpack: *const f32,
-    n_out: usize,
+    n_out: (usize, *const f32),
     out: *mut f32,
 ) {
     let nvec = p.vectors(S::L);
@@ -240,9 +246,11 @@ pub struct Kernels {
     pub lanes: usize,
     /// Output channels per forward tile (the packing block).
     pub forward_block: usize,
-    /// `(prep, image, tap rows, run, packed weights, outputs, out)`.
+    /// `(prep, image, tap rows, run, packed weights, (outputs, bias or
+    /// null), out)`.
     #[allow(clippy::type_complexity)]
-    pub forward: unsafe fn(&Prep, *const f32, &[usize], usize, *const f32, usize, *mut f32),
+    pub forward:
+        unsafe fn(&Prep, *const f32, &[usize], usize, *const f32, (usize, *const f32), *mut f32),
     #[allow(clippy::type_complexity)]
     pub weight_grad: unsafe fn(
         usize,
@@ -271,7 +279,7 @@ mod x86 {
         rows: &[usize],
         run: usize,
         w: *const f32,
-        n_out: usize,
+        n_out: (usize, *const f32),
         out: *mut f32,
     ) {
         forward_image::<Avx512, 4, 6>(p, x, rows, run, w, n_out, out)
@@ -287,7 +295,7 @@ mod x86 {
         rows: &[usize],
         run: usize,
         w: *const f32,
-        n_out: usize,
+        n_out: (usize, *const f32),
         out: *mut f32,
     ) {
         forward_image::<Avx2, 2, 6>(p, x, rows, run, w, n_out, out)

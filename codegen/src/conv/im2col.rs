@@ -12,6 +12,11 @@ pub(super) unsafe fn run(l: &ConvLaunch, ptrs: &[*mut f32], threads: usize) {
     let (kk, hw) = (g.col_rows(), g.col_cols());
     let (a, w, out) = (ptrs[0] as usize, ptrs[1] as usize, ptrs[2] as usize);
     let scratch = ptrs[3] as usize;
+    let bias = if l.bias {
+        ptrs[l.bias_arg()] as usize
+    } else {
+        0
+    };
     match l.pass {
         ConvPass::Forward => for_each_image(l.images, threads, &|n| {
             with_scratch(kk * hw, |col| {
@@ -25,6 +30,13 @@ pub(super) unsafe fn run(l: &ConvLaunch, ptrs: &[*mut f32], threads: usize) {
                     1,
                 );
             });
+            if l.bias {
+                let bias = std::slice::from_raw_parts(bias as *const f32, co);
+                let y = std::slice::from_raw_parts_mut((out as *mut f32).add(n * co * hw), co * hw);
+                for (plane, &b) in y.chunks_exact_mut(hw).zip(bias) {
+                    plane.iter_mut().for_each(|v| *v += b);
+                }
+            }
             l.after_image(out, scratch, n);
         }),
         ConvPass::GradInput => for_each_image(l.images, threads, &|n| {

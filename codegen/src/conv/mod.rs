@@ -69,8 +69,11 @@ pub struct ConvLaunch {
     pub images: usize,
     pub out_channels: usize,
     pub algo: ConvAlgo,
+    /// Forward only: add a per-channel bias (the next argument after the
+    /// scratch) to the output as it is stored.
+    pub bias: bool,
     /// Forward only: also write BatchNorm's batch mean and biased variance
-    /// of the output, per channel (arguments 4 and 5).
+    /// of the output, per channel (the last two arguments).
     pub stats: bool,
 }
 
@@ -103,8 +106,26 @@ impl ConvLaunch {
             images,
             out_channels,
             algo,
+            bias: false,
             stats: false,
         }
+    }
+
+    /// The forward pass that adds a per-channel bias to its output.
+    pub fn with_bias(mut self) -> Self {
+        assert_eq!(self.pass, ConvPass::Forward, "bias of a forward pass");
+        self.bias = true;
+        self
+    }
+
+    /// Index of the bias argument.
+    pub(super) fn bias_arg(&self) -> usize {
+        4
+    }
+
+    /// Index of the mean argument (the variance follows).
+    fn stats_arg(&self) -> usize {
+        4 + self.bias as usize
     }
 
     /// The forward pass that also writes BatchNorm's statistics of its output.
@@ -114,14 +135,10 @@ impl ConvLaunch {
         self
     }
 
-    /// Buffers the launch takes: `[in, in, out, scratch]`, then `mean, var`
-    /// with statistics.
+    /// Buffers the launch takes: `[in, in, out, scratch]`, then `bias` with
+    /// a bias, then `mean, var` with statistics.
     pub fn args(&self) -> usize {
-        if self.stats {
-            6
-        } else {
-            4
-        }
+        4 + self.bias as usize + 2 * self.stats as usize
     }
 
     fn groups(&self) -> usize {
@@ -170,7 +187,7 @@ impl ConvLaunch {
     }
 
     /// Elements each argument must hold: `[in, in, out, scratch]` in the
-    /// order of [`ConvPass`], then `mean, var` with statistics.
+    /// order of [`ConvPass`], then `bias`, `mean, var` (see [`ConvLaunch::args`]).
     pub fn extents(&self) -> Vec<usize> {
         let g = &self.geom;
         let x = self.images * g.image_len();
@@ -182,6 +199,9 @@ impl ConvLaunch {
             ConvPass::GradWeight => [y, x, w],
         };
         let mut e = vec![a, b, c, self.scratch()];
+        if self.bias {
+            e.push(self.out_channels);
+        }
         if self.stats {
             e.extend([self.out_channels; 2]);
         }
@@ -242,8 +262,8 @@ impl ConvLaunch {
                 self.images,
                 co,
                 plane,
-                ptrs[4],
-                ptrs[5],
+                ptrs[self.stats_arg()],
+                ptrs[self.stats_arg() + 1],
             );
         }
     }
@@ -328,6 +348,11 @@ impl ConvLaunch {
         let (src, dst, wpack) = (ptrs[0] as usize, ptrs[2] as usize, wpack.as_ptr() as usize);
         let len = p.len(k.lanes);
         let scratch = ptrs[3] as usize;
+        let bias = if self.bias {
+            ptrs[self.bias_arg()] as usize
+        } else {
+            0
+        };
         for_each_image(self.images, threads, &|n| {
             with_scratch(len, |buf| {
                 p.fill((src as *const f32).add(n * in_len), buf, k.lanes);
@@ -337,7 +362,7 @@ impl ConvLaunch {
                     &rows,
                     run,
                     wpack as *const f32,
-                    n_out,
+                    (n_out, bias as *const f32),
                     (dst as *mut f32).add(n * out_len),
                 );
             });

@@ -14,6 +14,7 @@ pub trait Simd: Copy {
     unsafe fn splat(x: f32) -> Self::V;
     unsafe fn loadu(p: *const f32) -> Self::V;
     unsafe fn storeu(p: *mut f32, v: Self::V);
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     /// `a * b + c`, fused.
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// Sum of the lanes in a fixed order.
@@ -48,6 +49,10 @@ impl Simd for Avx512 {
     #[inline(always)]
     unsafe fn storeu(p: *mut f32, v: __m512) {
         _mm512_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(a, b)
     }
     #[inline(always)]
     unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
@@ -94,6 +99,10 @@ impl Simd for Avx2 {
     #[inline(always)]
     unsafe fn storeu(p: *mut f32, v: __m256) {
         _mm256_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256, b: __m256) -> __m256 {
+        _mm256_add_ps(a, b)
     }
     #[inline(always)]
     unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {

@@ -311,7 +311,7 @@ fn forward_kernel_in_cache() {
                         rows,
                         run,
                         wpack.as_ptr(),
-                        co,
+                        (co, std::ptr::null()),
                         y.as_mut_ptr(),
                     )
                 };
@@ -328,7 +328,7 @@ fn forward_kernel_in_cache() {
 }
 
 #[test]
-fn forward_with_statistics_writes_batchnorm_mean_and_variance() {
+fn forward_with_bias_and_statistics_matches_its_definition() {
     for isa in ConvIsa::ALL.into_iter().filter(|i| i.available()) {
         for &(c, size, co, k, stride, pad, images) in
             &[(3, 9, 5, 3, 1, 1, 3), (4, 7, 17, 3, 2, 1, 5)]
@@ -336,33 +336,58 @@ fn forward_with_statistics_writes_batchnorm_mean_and_variance() {
             let g = ConvGeom::new(c, size, size, k, k, (stride, stride), (pad, pad));
             let x = data(images * g.image_len(), 1);
             let w = data(co * g.col_rows(), 2);
-            let l = ConvLaunch::new(ConvPass::Forward, g, images, co, isa).with_stats();
-            let e = l.extents();
-            assert_eq!(e.len(), 6);
-            let mut bufs: Vec<Vec<f32>> = e[2..].iter().map(|&n| vec![f32::NAN; n]).collect();
-            let mut ptrs = vec![x.as_ptr() as *mut f32, w.as_ptr() as *mut f32];
-            ptrs.extend(bufs.iter_mut().map(|b| b.as_mut_ptr()));
-            for threads in [1, 3] {
-                unsafe { l.run(&ptrs, threads) };
-                let (y, mean, var) = (&bufs[0], &bufs[2], &bufs[3]);
-                let hw = g.col_cols();
-                for o in 0..co {
-                    let vals: Vec<f64> = (0..images)
-                        .flat_map(|n| y[(n * co + o) * hw..][..hw].to_vec())
-                        .map(|v| v as f64)
-                        .collect();
-                    let m = vals.iter().sum::<f64>() / vals.len() as f64;
-                    let v = vals.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / vals.len() as f64;
-                    assert!(
-                        (mean[o] as f64 - m).abs() < 1e-6,
-                        "{isa} mean {o}: {} vs {m}",
-                        mean[o]
-                    );
-                    assert!(
-                        (var[o] as f64 - v).abs() < 1e-5 * (1.0 + v),
-                        "{isa} var {o}: {} vs {v}",
-                        var[o]
-                    );
+            let bias = data(co, 3);
+            let dy = vec![0f32; images * co * g.col_cols()];
+            let [want, _, _] = reference(&g, co, images, &x, &w, &dy);
+            let hw = g.col_cols();
+            for with_bias in [false, true] {
+                let mut l = ConvLaunch::new(ConvPass::Forward, g, images, co, isa);
+                if with_bias {
+                    l = l.with_bias();
+                }
+                let l = l.with_stats();
+                let e = l.extents();
+                assert_eq!(e.len(), l.args());
+                // [y, scratch, (bias), mean, var]
+                let mut bufs: Vec<Vec<f32>> = e[2..].iter().map(|&n| vec![f32::NAN; n]).collect();
+                if with_bias {
+                    bufs[2].copy_from_slice(&bias);
+                }
+                let mut ptrs = vec![x.as_ptr() as *mut f32, w.as_ptr() as *mut f32];
+                ptrs.extend(bufs.iter_mut().map(|b| b.as_mut_ptr()));
+                for threads in [1, 3] {
+                    unsafe { l.run(&ptrs, threads) };
+                    let (y, mean, var) = (&bufs[0], &bufs[bufs.len() - 2], &bufs[bufs.len() - 1]);
+                    for o in 0..co {
+                        let b = if with_bias { bias[o] as f64 } else { 0.0 };
+                        let vals: Vec<f64> = (0..images)
+                            .flat_map(|n| want[(n * co + o) * hw..][..hw].to_vec())
+                            .map(|v| v + b)
+                            .collect();
+                        for n in 0..images {
+                            for j in 0..hw {
+                                let (got, exp) =
+                                    (y[(n * co + o) * hw + j] as f64, vals[n * hw + j]);
+                                assert!(
+                                    (got - exp).abs() < 1e-4,
+                                    "{isa} bias {with_bias} y: {got} vs {exp}"
+                                );
+                            }
+                        }
+                        let m = vals.iter().sum::<f64>() / vals.len() as f64;
+                        let v =
+                            vals.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / vals.len() as f64;
+                        assert!(
+                            (mean[o] as f64 - m).abs() < 1e-5,
+                            "{isa} mean {o}: {} vs {m}",
+                            mean[o]
+                        );
+                        assert!(
+                            (var[o] as f64 - v).abs() < 1e-4 * (1.0 + v),
+                            "{isa} var {o}: {} vs {v}",
+                            var[o]
+                        );
+                    }
                 }
             }
         }
