@@ -1,5 +1,6 @@
-//! Every pass on every instruction set this CPU runs, against a direct f64
-//! sum over the definition, on odd shapes; and bit-identical at any thread count.
+//! Every pass on every instruction set this CPU runs, against the reference
+//! interpreter's convolution kernels in f64, on odd shapes; and bit-identical
+//! at any thread count.
 
 use super::*;
 
@@ -16,26 +17,8 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// `x[n, c, iy, ix]` or 0 outside the image, for output `(oy, ox)` and tap `(ki, kj)`.
-fn input_at(
-    g: &ConvGeom,
-    x: &[f32],
-    n: usize,
-    c: usize,
-    oy: usize,
-    ox: usize,
-    ki: usize,
-    kj: usize,
-) -> f64 {
-    let iy = (oy * g.stride_h + ki) as isize - g.pad_h as isize;
-    let ix = (ox * g.stride_w + kj) as isize - g.pad_w as isize;
-    if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
-        return 0.0;
-    }
-    x[n * g.image_len() + (c * g.h + iy as usize) * g.w + ix as usize] as f64
-}
-
-/// The three passes by their definitions: y, dx (for dy) and dW (for dy).
+/// The three passes by the reference interpreter's kernels, in f64: y, and
+/// dx and dW for the gradient `dy`.
 fn reference(
     g: &ConvGeom,
     co: usize,
@@ -44,44 +27,45 @@ fn reference(
     w: &[f32],
     dy: &[f32],
 ) -> [Vec<f64>; 3] {
-    let hw = g.col_cols();
-    let mut y = vec![0f64; images * co * hw];
-    let mut dx = vec![0f64; images * g.image_len()];
-    let mut dw = vec![0f64; co * g.col_rows()];
-    for n in 0..images {
-        for o in 0..co {
-            for oy in 0..g.out_h {
-                for ox in 0..g.out_w {
-                    let yi = (n * co + o) * hw + oy * g.out_w + ox;
-                    for c in 0..g.c {
-                        for ki in 0..g.kh {
-                            for kj in 0..g.kw {
-                                let wi = ((o * g.c + c) * g.kh + ki) * g.kw + kj;
-                                let xv = input_at(g, x, n, c, oy, ox, ki, kj);
-                                y[yi] += w[wi] as f64 * xv;
-                                dw[wi] += dy[yi] as f64 * xv;
-                                let iy = (oy * g.stride_h + ki) as isize - g.pad_h as isize;
-                                let ix = (ox * g.stride_w + kj) as isize - g.pad_w as isize;
-                                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w
-                                {
-                                    dx[n * g.image_len()
-                                        + (c * g.h + iy as usize) * g.w
-                                        + ix as usize] += w[wi] as f64 * dy[yi] as f64;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    [y, dx, dw]
+    use dropjit_graph::interp::{conv2d, conv2d_grad_input, conv2d_grad_weight, Nchw};
+    use dropjit_graph::op::Conv2dAttrs;
+    assert!(g.kh == g.kw && g.stride_h == g.stride_w && g.pad_h == g.pad_w);
+    let a = Conv2dAttrs {
+        kernel: g.kh,
+        stride: g.stride_h,
+        padding: g.pad_h,
+    };
+    let xs = Nchw {
+        n: images,
+        c: g.c,
+        h: g.h,
+        w: g.w,
+    };
+    let ys = Nchw {
+        n: images,
+        c: co,
+        h: g.out_h,
+        w: g.out_w,
+    };
+    let f = |v: &[f32]| v.iter().map(|&e| e as f64).collect::<Vec<f64>>();
+    let (x, w, dy) = (f(x), f(w), f(dy));
+    [
+        conv2d(&x, xs, &w, ys, &a),
+        conv2d_grad_input(&dy, ys, &w, xs, &a),
+        conv2d_grad_weight(&dy, ys, &x, xs, &a),
+    ]
 }
+
+/// Elements after the output and the scratch that a pass must not write.
+const GUARD: usize = 64;
+const SENTINEL: f32 = 12345.0;
 
 fn run_pass(l: &ConvLaunch, a: &[f32], b: &[f32], threads: usize) -> Vec<f32> {
     let e = l.extents();
-    let mut out = vec![f32::NAN; e[2]];
-    let mut scratch = vec![f32::NAN; e[3]];
+    let mut out = vec![f32::NAN; e[2] + GUARD];
+    let mut scratch = vec![f32::NAN; e[3] + GUARD];
+    out[e[2]..].fill(SENTINEL);
+    scratch[e[3]..].fill(SENTINEL);
     let ptrs = [
         a.as_ptr() as *mut f32,
         b.as_ptr() as *mut f32,
@@ -90,6 +74,16 @@ fn run_pass(l: &ConvLaunch, a: &[f32], b: &[f32], threads: usize) -> Vec<f32> {
     ];
     assert!(a.len() >= e[0] && b.len() >= e[1]);
     unsafe { l.run(&ptrs, threads) };
+    assert!(
+        out[e[2]..]
+            .iter()
+            .chain(&scratch[e[3]..])
+            .all(|&v| v == SENTINEL),
+        "{:?} {:?} wrote past its output or scratch",
+        l.pass,
+        l.algo
+    );
+    out.truncate(e[2]);
     out
 }
 
@@ -112,7 +106,7 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
 ];
 
 #[test]
-fn every_pass_matches_its_definition_on_every_isa() {
+fn every_pass_matches_the_interpreter_on_every_isa() {
     for isa in ConvIsa::ALL.into_iter().filter(|i| i.available()) {
         for (s, &(c, size, co, k, stride, pad, images)) in SHAPES.iter().enumerate() {
             let g = ConvGeom::new(c, size, size, k, k, (stride, stride), (pad, pad));

@@ -6,7 +6,7 @@
 mod kernels;
 mod real;
 
-pub use kernels::{window, Nchw};
+pub use kernels::{conv2d, conv2d_grad_input, conv2d_grad_weight, window, Nchw};
 pub use real::Real;
 
 use crate::error::{GraphError, Result};
