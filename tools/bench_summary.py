@@ -4,6 +4,7 @@ images/s per engine and round, and dropjit's ratio to each PyTorch baseline
 measured in the same round. Standard library only."""
 
 import json
+import statistics
 import sys
 from collections import defaultdict
 
@@ -33,7 +34,9 @@ def main(path):
 
     def ratio(a, b):
         rs = [x / y for x, y in zip(a, b) if x and y]
-        return ", ".join(f"{r:.2f}×" for r in rs) if rs else "–"
+        if not rs:
+            return "–"
+        return ", ".join(f"{r:.2f}×" for r in rs) + f" (median {statistics.median(rs):.2f}×)"
 
     for w in sorted(ips):
         j, t, d = series(w, "dropjit"), series(w, "torch-tuned"), series(w, "torch-default")

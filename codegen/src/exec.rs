@@ -797,20 +797,11 @@ impl CompiledGraph {
                 continue;
             };
             let g = &c.geom;
-            let name = format!(
-                "{:?} {}x{}x{}->{} k{} s{} ({})",
-                c.pass,
-                g.c,
-                g.h,
-                g.w,
-                c.out_channels,
-                g.kh,
-                g.stride_h,
-                match c.algo {
-                    crate::conv::ConvAlgo::Direct(isa) => format!("direct {isa}"),
-                    crate::conv::ConvAlgo::Im2col => "im2col".to_string(),
-                }
-            );
+            let algo = match c.algo {
+                crate::conv::ConvAlgo::Direct(isa) => format!("direct {isa}"),
+                crate::conv::ConvAlgo::Im2col => "im2col".to_string(),
+            };
+            let name = format!("{} ({algo})", c.shape());
             let flops = 2.0 * (c.images * c.out_channels * g.col_rows() * g.col_cols()) as f64;
             match out.iter_mut().find(|e| e.0 == name) {
                 Some(e) => {

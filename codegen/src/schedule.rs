@@ -119,20 +119,7 @@ impl Schedule {
                 }
                 LaunchKind::Gemm(d) => format!("sgemm {}x{}x{} batch {}", d.m, d.k, d.n, d.batch),
                 LaunchKind::Conv(c) => {
-                    let g = &c.geom;
-                    format!(
-                        "conv {:?} {}x{}x{} -> {} k{} s{} p{} x{} {}",
-                        c.pass,
-                        g.c,
-                        g.h,
-                        g.w,
-                        c.out_channels,
-                        g.kh,
-                        g.stride_h,
-                        g.pad_h,
-                        c.images,
-                        c.describe()
-                    )
+                    format!("conv {} x{} {}", c.shape(), c.images, c.describe())
                 }
                 LaunchKind::Scalar { func, op } => format!("{} k{func}", op.name()),
             };

@@ -266,76 +266,62 @@ pub struct Kernels {
     ),
 }
 
+/// One instruction set's entry points: the generic kernels instantiated
+/// with its register blocking inside `#[target_feature]` functions, where
+/// the [`Simd`] methods inline into real vector code.
+#[cfg(target_arch = "x86_64")]
+macro_rules! isa_kernels {
+    ($forward:ident, $weight_grad:ident, $simd:ty, $features:literal,
+     forward $fcb:literal x $fpv:literal, weight_grad $wcb:literal x $wtb:literal) => {
+        #[target_feature(enable = $features)]
+        pub unsafe fn $forward(
+            p: &Prep,
+            x: *const f32,
+            rows: &[usize],
+            run: usize,
+            w: *const f32,
+            n_out: (usize, *const f32),
+            out: *mut f32,
+        ) {
+            forward_image::<$simd, $fcb, $fpv>(p, x, rows, run, w, n_out, out)
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $features)]
+        pub unsafe fn $weight_grad(
+            nvec: usize,
+            images: usize,
+            x: *const f32,
+            xs: usize,
+            taps: &[usize],
+            dy: *const f32,
+            dys: usize,
+            dyr: usize,
+            n_out: usize,
+            partial: *mut f32,
+        ) {
+            weight_grad_images::<$simd, $wcb, $wtb>(
+                nvec, images, x, xs, taps, dy, dys, dyr, n_out, partial,
+            )
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::simd::{Avx2, Avx512};
     use super::*;
 
-    // AVX-512: 24 accumulators + 4 broadcasts + 1 input of 32 registers.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn forward_avx512(
-        p: &Prep,
-        x: *const f32,
-        rows: &[usize],
-        run: usize,
-        w: *const f32,
-        n_out: (usize, *const f32),
-        out: *mut f32,
-    ) {
-        forward_image::<Avx512, 4, 6>(p, x, rows, run, w, n_out, out)
-    }
+    // AVX-512, 32 registers. Forward: 24 accumulators + 4 broadcasts + 1
+    // input. Weight gradient: 24 accumulators + 4 gradient rows + 1 input.
+    isa_kernels!(forward_avx512, weight_grad_avx512, Avx512, "avx512f,avx2,fma",
+        forward 4 x 6, weight_grad 4 x 6);
 
-    // AVX2: 12 accumulators + 2 broadcasts + 1 input of 16 registers; 2 x 6
-    // needs 2 broadcasts per 12 FMAs (6 x 2 measured 30 % slower, 4 x 3
-    // spills an accumulator).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn forward_avx2(
-        p: &Prep,
-        x: *const f32,
-        rows: &[usize],
-        run: usize,
-        w: *const f32,
-        n_out: (usize, *const f32),
-        out: *mut f32,
-    ) {
-        forward_image::<Avx2, 2, 6>(p, x, rows, run, w, n_out, out)
-    }
-
-    // AVX-512: 24 accumulators + 4 gradient rows + 1 input.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn weight_grad_avx512(
-        nvec: usize,
-        images: usize,
-        x: *const f32,
-        xs: usize,
-        taps: &[usize],
-        dy: *const f32,
-        dys: usize,
-        dyr: usize,
-        n_out: usize,
-        partial: *mut f32,
-    ) {
-        weight_grad_images::<Avx512, 4, 6>(nvec, images, x, xs, taps, dy, dys, dyr, n_out, partial)
-    }
-
-    // AVX2: 12 accumulators + 3 gradient rows + 1 input.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn weight_grad_avx2(
-        nvec: usize,
-        images: usize,
-        x: *const f32,
-        xs: usize,
-        taps: &[usize],
-        dy: *const f32,
-        dys: usize,
-        dyr: usize,
-        n_out: usize,
-        partial: *mut f32,
-    ) {
-        weight_grad_images::<Avx2, 3, 4>(nvec, images, x, xs, taps, dy, dys, dyr, n_out, partial)
-    }
+    // AVX2, 16 registers. Forward: 12 accumulators + 2 broadcasts + 1 input
+    // (6 x 2 measured 30 % slower, 4 x 3 spills an accumulator). Weight
+    // gradient: 12 accumulators + 3 gradient rows + 1 input.
+    isa_kernels!(forward_avx2, weight_grad_avx2, Avx2, "avx2,fma",
+        forward 2 x 6, weight_grad 3 x 4);
 }
 
 /// The kernels of a vector instruction set (`None` for the portable path or

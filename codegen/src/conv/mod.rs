@@ -208,6 +208,15 @@ impl ConvLaunch {
         e
     }
 
+    /// The pass and its geometry: `Forward 16x32x32 -> 16 k3 s1 p1`.
+    pub fn shape(&self) -> String {
+        let g = &self.geom;
+        format!(
+            "{:?} {}x{}x{} -> {} k{} s{} p{}",
+            self.pass, g.c, g.h, g.w, self.out_channels, g.kh, g.stride_h, g.pad_h
+        )
+    }
+
     /// What `--emit plan` shows: algorithm, instruction set, layout.
     pub fn describe(&self) -> String {
         match self.algo {

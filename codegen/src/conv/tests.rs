@@ -3,19 +3,7 @@
 //! at any thread count.
 
 use super::*;
-
-/// Deterministic values in [-1, 1).
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use crate::kernels::expr::testing::{data, SENTINEL};
 
 /// The three passes by the reference interpreter's kernels, in f64: y, and
 /// dx and dW for the gradient `dy`.
@@ -56,9 +44,9 @@ fn reference(
     ]
 }
 
-/// Elements after the output and the scratch that a pass must not write.
+/// Elements after the output and the scratch that a pass must not write
+/// (more than the widest vector).
 const GUARD: usize = 64;
-const SENTINEL: f32 = 12345.0;
 
 fn run_pass(l: &ConvLaunch, a: &[f32], b: &[f32], threads: usize) -> Vec<f32> {
     let e = l.extents();
