@@ -1,0 +1,131 @@
+//! The direct passes of a [`ConvLaunch`]: weights packed once, then each
+//! image prepared into per-thread scratch and handed to the micro-kernels of
+//! the launch's instruction set.
+
+use super::prep;
+use super::{direct, for_each_image, with_scratch, ConvLaunch, ConvPass, WEIGHT_GRAD_BATCH_BYTES};
+
+impl ConvLaunch {
+    /// Forward or input gradient: pack the weights, then each image.
+    pub(super) unsafe fn direct_forward(
+        &self,
+        k: &direct::Kernels,
+        pass: ConvPass,
+        ptrs: &[*mut f32],
+        threads: usize,
+    ) {
+        let (g, co) = (&self.geom, self.out_channels);
+        let p = self.prep();
+        let (n_out, n_taps) = self.packed_shape(pass);
+        let (kh, kw) = (g.kh, g.kw);
+        let taps: Vec<usize> = (0..p.chans)
+            .flat_map(|c| (0..kh * kw).map(move |t| c * p.chan_len + p.tap(t / kw, t % kw)))
+            .collect();
+        debug_assert_eq!(taps.len(), n_taps);
+        // Packed `[block][tap][CB]`, zero past the last output channel.
+        let cb = k.forward_block;
+        let wpack = std::slice::from_raw_parts_mut(ptrs[3], n_out.next_multiple_of(cb) * n_taps);
+        let w = ptrs[1] as *const f32;
+        for (i, dst) in wpack.iter_mut().enumerate() {
+            let (block, t, c) = (i / (n_taps * cb), (i / cb) % n_taps, i % cb);
+            let o = block * cb + c;
+            *dst = if o >= n_out {
+                0.0
+            } else if pass == ConvPass::Forward {
+                *w.add(o * n_taps + t)
+            } else {
+                // Input gradient: tap (co, ki, kj) reads W[co, o, kh-1-ki, kw-1-kj].
+                let (src_o, tap) = (t / (kh * kw), t % (kh * kw));
+                let (ki, kj) = (kh - 1 - tap / kw, kw - 1 - tap % kw);
+                *w.add(((src_o * g.c + o) * kh + ki) * kw + kj)
+            }
+        }
+        let (in_len, out_len) = if pass == ConvPass::Forward {
+            (g.image_len(), co * g.col_cols())
+        } else {
+            (co * g.col_cols(), g.image_len())
+        };
+        // Stride 1 with a 3- or 5-wide kernel: one run of `kw` taps per row.
+        let (rows, run): (Vec<usize>, usize) = if p.stride == 1 && (kw == 3 || kw == 5) {
+            let rows = (0..p.chans)
+                .flat_map(|c| (0..kh).map(move |ki| c * p.chan_len + p.tap(ki, 0)))
+                .collect();
+            (rows, kw)
+        } else {
+            (taps, 1)
+        };
+        let (src, dst, wpack) = (ptrs[0] as usize, ptrs[2] as usize, wpack.as_ptr() as usize);
+        let len = p.len(k.lanes);
+        let scratch = ptrs[3] as usize;
+        let bias = if self.bias {
+            ptrs[self.bias_arg()] as usize
+        } else {
+            0
+        };
+        for_each_image(self.images, threads, &|n| {
+            with_scratch(len, |buf| {
+                p.fill((src as *const f32).add(n * in_len), buf, k.lanes);
+                (k.forward)(
+                    &p,
+                    buf,
+                    &rows,
+                    run,
+                    wpack as *const f32,
+                    (n_out, bias as *const f32),
+                    (dst as *mut f32).add(n * out_len),
+                );
+            });
+            self.after_image(dst, scratch, n);
+        });
+    }
+
+    pub(super) unsafe fn direct_weight_grad(
+        &self,
+        k: &direct::Kernels,
+        ptrs: &[*mut f32],
+        threads: usize,
+    ) {
+        let (g, co) = (&self.geom, self.out_channels);
+        let p = self.prep();
+        let (kh, kw) = (g.kh, g.kw);
+        let taps: Vec<usize> = (0..g.c)
+            .flat_map(|c| (0..kh * kw).map(move |t| c * p.chan_len + p.tap(t / kw, t % kw)))
+            .collect();
+        let nvec = p.vectors(k.lanes);
+        let dy_row = nvec * k.lanes;
+        let (x_len, dy_len) = (p.len(k.lanes), co * dy_row);
+        let per_batch = (WEIGHT_GRAD_BATCH_BYTES / (4 * (x_len + dy_len))).max(1);
+        let (dy, x) = (ptrs[0] as usize, ptrs[1] as usize);
+        let wl = self.weight_len();
+        let y_len = co * g.col_cols();
+        self.weight_grad_groups(ptrs, threads, &|first, last, partial| {
+            let mut n = first;
+            while n < last {
+                let batch = per_batch.min(last - n);
+                with_scratch(batch * (x_len + dy_len), |buf| {
+                    let dyq = buf.add(batch * x_len);
+                    for i in 0..batch {
+                        let img = n + i;
+                        p.fill(
+                            (x as *const f32).add(img * g.image_len()),
+                            buf.add(i * x_len),
+                            k.lanes,
+                        );
+                        prep::fill_rows(
+                            (dy as *const f32).add(img * y_len),
+                            (co, g.out_h, g.out_w),
+                            p.row,
+                            dy_row,
+                            dyq.add(i * dy_len),
+                        );
+                    }
+                    (k.weight_grad)(
+                        nvec, batch, buf, x_len, &taps, dyq, dy_len, dy_row, co, partial,
+                    );
+                });
+                n += batch;
+            }
+        });
+        debug_assert_eq!(wl, co * taps.len());
+    }
+}
