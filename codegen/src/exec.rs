@@ -13,6 +13,7 @@ use crate::kernels::jit::{ClifStage, CompiledModule, KernelFn, KernelModule, Ker
 use crate::kernels::parallel::global_pool;
 use crate::layout::StateLayout;
 use crate::lower::{lower, KernelDef};
+use crate::maxpool::MaxPoolLaunch;
 use crate::schedule::{BufKind, BufRef, LaunchKind, Schedule};
 use crate::CodegenError;
 
@@ -66,7 +67,7 @@ pub struct CompiledGraph {
     entry: EntryFn,
     /// Owned by the graph: the generated code holds their addresses.
     #[allow(dead_code)]
-    calls: Vec<Option<Box<ConvLaunch>>>,
+    calls: Vec<Option<Box<NativeOp>>>,
     #[allow(dead_code)]
     descs: Vec<Option<Box<GemmDesc>>>,
     /// Per launch: address of `descs[i]` or `calls[i]`, or 0.
@@ -200,7 +201,7 @@ pub fn compile(
         .iter()
         .zip(&descs)
         .map(|(c, d)| match (c, d) {
-            (Some(c), _) => &**c as *const ConvLaunch as usize,
+            (Some(c), _) => &**c as *const NativeOp as usize,
             (_, Some(d)) => &**d as *const GemmDesc as usize,
             _ => 0,
         })
@@ -302,14 +303,15 @@ fn entry_signature(m: &KernelModule) -> cranelift_codegen::ir::Signature {
 
 /// Per launch: the boxed convolution pass or GEMM
 /// descriptor whose address the entry function passes on.
-type LaunchData = (Vec<Option<Box<ConvLaunch>>>, Vec<Option<Box<GemmDesc>>>);
+type LaunchData = (Vec<Option<Box<NativeOp>>>, Vec<Option<Box<GemmDesc>>>);
 
 fn launch_data(s: &Schedule) -> LaunchData {
     let calls = s
         .launches
         .iter()
         .map(|l| match &l.kind {
-            LaunchKind::Conv(c) => Some(Box::new(c.clone())),
+            LaunchKind::Conv(c) => Some(Box::new(NativeOp::Conv(c.clone()))),
+            LaunchKind::MaxPool(m) => Some(Box::new(NativeOp::MaxPool(m.clone()))),
             _ => None,
         })
         .collect();
@@ -333,7 +335,7 @@ fn emit_entry(
     env: &mut crate::kernels::jit::FuncEnv,
     s: &Schedule,
     handles: &[crate::kernels::jit::FuncHandle],
-    calls: &[Option<Box<ConvLaunch>>],
+    calls: &[Option<Box<NativeOp>>],
     descs: &[Option<Box<GemmDesc>>],
 ) -> Result<(), crate::kernels::jit::KernelError> {
     use crate::kernels::jit::Helper;
@@ -402,7 +404,7 @@ fn emit_entry(
                 b.ins()
                     .call(sgemm, &[d, addrs[0], addrs[1], addrs[2], threads]);
             }
-            LaunchKind::Conv(_) => {
+            LaunchKind::Conv(_) | LaunchKind::MaxPool(_) => {
                 debug_assert!(calls[i].is_some(), "a boxed pass per conv launch");
                 let args = array(b, &addrs);
                 let op = entry_of(b, i);
@@ -432,7 +434,7 @@ fn kernel_range(kind: &LaunchKind) -> Option<(usize, usize)> {
         LaunchKind::Elementwise { func, dims } => Some((*func, dims.outer)),
         LaunchKind::Reduce { func, dims } => Some((*func, dims.chans)),
         LaunchKind::Scalar { func, op } => Some((*func, op.range())),
-        LaunchKind::Gemm(_) | LaunchKind::Conv { .. } => None,
+        LaunchKind::Gemm(_) | LaunchKind::Conv(_) | LaunchKind::MaxPool(_) => None,
     }
 }
 
@@ -577,6 +579,10 @@ fn verify(s: &Schedule, kernels: &[KernelDef], layout: &StateLayout) -> Result<(
                 need = c.extents();
                 written.extend(2..need.len());
             }
+            LaunchKind::MaxPool(m) => {
+                need = m.extents();
+                written.push(need.len() - 1);
+            }
             LaunchKind::Scalar { op, .. } => {
                 let (ins, out) = op.extents();
                 need = ins;
@@ -615,14 +621,25 @@ fn verify(s: &Schedule, kernels: &[KernelDef], layout: &StateLayout) -> Result<(
 /// entry's table argument.
 ///
 /// # Safety
-/// `op` is a live launch; `ptrs` holds its four buffers with the extents
-/// that `verify` checked.
+/// `op` is a live launch; `ptrs` holds its buffers with the extents that
+/// `verify` checked.
 pub unsafe extern "C" fn dropjit_run_op(
-    op: *const ConvLaunch,
+    op: *const NativeOp,
     ptrs: *const *mut f32,
     threads: usize,
 ) {
-    (*op).run(std::slice::from_raw_parts(ptrs, (*op).args()), threads)
+    match &*op {
+        NativeOp::Conv(c) => c.run(std::slice::from_raw_parts(ptrs, c.args()), threads),
+        NativeOp::MaxPool(m) => m.run(std::slice::from_raw_parts(ptrs, m.args()), threads),
+    }
+}
+
+/// A launch run by Rust code rather than a generated kernel, as the step's
+/// table hands it to [`dropjit_run_op`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum NativeOp {
+    Conv(ConvLaunch),
+    MaxPool(MaxPoolLaunch),
 }
 
 impl CompiledGraph {
@@ -717,8 +734,8 @@ impl CompiledGraph {
                     }
                     LaunchKind::Gemm(d) => dropjit_sgemm(d, ptrs[0], ptrs[1], ptrs[2], threads),
                     // The same helper the generated entry calls, same pass.
-                    LaunchKind::Conv(_) => {
-                        dropjit_run_op(self.table[li] as *const ConvLaunch, ptrs.as_ptr(), threads)
+                    LaunchKind::Conv(_) | LaunchKind::MaxPool(_) => {
+                        dropjit_run_op(self.table[li] as *const NativeOp, ptrs.as_ptr(), threads)
                     }
                 }
             }
@@ -827,6 +844,12 @@ impl CompiledGraph {
                 LaunchKind::Reduce { .. } => "reduce".to_string(),
                 LaunchKind::Gemm(_) => "sgemm".to_string(),
                 LaunchKind::Conv(c) => format!("conv {:?}", c.pass),
+                LaunchKind::MaxPool(m) => if m.grad {
+                    "max_pool2d_grad"
+                } else {
+                    "max_pool2d"
+                }
+                .to_string(),
                 LaunchKind::Scalar { op, .. } => op.name().to_string(),
             };
             *by.entry(k).or_default() += t;

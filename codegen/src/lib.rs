@@ -8,6 +8,7 @@ pub mod exec;
 pub mod kernels;
 pub mod layout;
 pub mod lower;
+pub mod maxpool;
 pub mod scalar_ops;
 pub mod schedule;
 

@@ -28,6 +28,7 @@ use crate::kernels::reduce::ReduceKernel;
 use crate::kernels::shortcut::ShortcutKernel;
 use crate::kernels::softmax::SoftmaxXentKernel;
 use crate::layout::{key_slot, StateLayout};
+use crate::maxpool::MaxPoolLaunch;
 use crate::scalar_ops::{Nchw, ScalarOp};
 use crate::schedule::{BufKind, BufRef, Buffer, Launch, LaunchKind, Schedule};
 use crate::CodegenError;
@@ -358,22 +359,29 @@ impl Lower<'_> {
                 d.csa = o as isize;
                 self.gemm(id, d, ins[0], ins[1]);
             }
-            Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
+            Op::MaxPool2d(p) => {
                 let (x, y) = (self.nchw(ins[0]), self.nchw(id));
-                let op = if matches!(node.op, Op::MaxPool2d(_)) {
-                    ScalarOp::MaxPool { pool: *p, x, y }
-                } else {
-                    ScalarOp::AvgPool { pool: *p, x, y }
+                let launch = MaxPoolLaunch {
+                    grad: false,
+                    pool: *p,
+                    x,
+                    y,
                 };
-                self.scalar(id, op, &[ins[0]])
+                self.max_pool(id, launch, &[ins[0]]);
+            }
+            Op::AvgPool2d(p) => {
+                let (x, y) = (self.nchw(ins[0]), self.nchw(id));
+                self.scalar(id, ScalarOp::AvgPool { pool: *p, x, y }, &[ins[0]])
             }
             Op::MaxPool2dGrad(p) => {
                 let (x, y) = (self.nchw(ins[1]), self.nchw(ins[0]));
-                self.scalar(
-                    id,
-                    ScalarOp::MaxPoolGrad { pool: *p, x, y },
-                    &[ins[0], ins[1]],
-                )
+                let launch = MaxPoolLaunch {
+                    grad: true,
+                    pool: *p,
+                    x,
+                    y,
+                };
+                self.max_pool(id, launch, &[ins[0], ins[1]]);
             }
             Op::AvgPool2dGrad { pool, .. } => {
                 let (x, y) = (self.nchw(id), self.nchw(ins[0]));
@@ -523,6 +531,16 @@ impl Lower<'_> {
             matches!(self.g.node(u).op, Op::BnVar { .. }) && self.g.node(u).inputs == [id, mean]
         })?;
         Some((mean, var))
+    }
+
+    /// Max pooling or its gradient as a Rust launch (`crate::maxpool`).
+    fn max_pool(&mut self, id: NodeId, launch: MaxPoolLaunch, ins: &[NodeId]) {
+        let out_elems = *launch.extents().last().expect("an output");
+        let out = self.temp(&self.g.node(id).name.clone(), out_elems);
+        let mut args: Vec<BufRef> = ins.iter().map(|&i| self.buf(i)).collect();
+        args.push(out);
+        self.launch(LaunchKind::MaxPool(launch), args, &[id]);
+        self.value[id.index()] = Some(out);
     }
 
     fn scalar(&mut self, id: NodeId, op: ScalarOp, ins: &[NodeId]) {

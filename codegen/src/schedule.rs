@@ -6,6 +6,7 @@ use std::fmt::Write;
 use crate::conv::ConvLaunch;
 use crate::kernels::expr::Dims;
 use crate::kernels::gemm::GemmDesc;
+use crate::maxpool::MaxPoolLaunch;
 use crate::scalar_ops::ScalarOp;
 
 /// Index into [`Schedule::buffers`].
@@ -49,6 +50,8 @@ pub enum LaunchKind {
     Gemm(GemmDesc),
     /// A whole convolution pass over the batch (see [`ConvLaunch`]).
     Conv(ConvLaunch),
+    /// Max pooling or its gradient over all planes (see [`MaxPoolLaunch`]).
+    MaxPool(MaxPoolLaunch),
     /// A JIT scalar loop nest (pooling, shortcut, softmax cross-entropy),
     /// split over `op.range()` planes or rows.
     Scalar { func: usize, op: ScalarOp },
@@ -121,6 +124,7 @@ impl Schedule {
                 LaunchKind::Conv(c) => {
                     format!("conv {} x{} {}", c.shape(), c.images, c.describe())
                 }
+                LaunchKind::MaxPool(m) => m.describe(),
                 LaunchKind::Scalar { func, op } => format!("{} k{func}", op.name()),
             };
             let keys = match l.key_base {

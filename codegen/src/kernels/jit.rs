@@ -93,8 +93,8 @@ pub enum Helper {
     Im2col,
     /// `gemm::dropjit_col2im(geom: *const ConvGeom, col, dx, n_images, n_threads)`
     Col2im,
-    /// `exec::dropjit_run_op(op: *const ConvLaunch, ptrs: *const *mut f32, n_threads)`:
-    /// a convolution pass.
+    /// `exec::dropjit_run_op(op: *const NativeOp, ptrs: *const *mut f32, n_threads)`:
+    /// a convolution pass or max pooling.
     RunOp,
     /// `expf(x: f32) -> f32` (Rust's `f32::exp`, as the interpreter uses).
     Expf,
