@@ -18,26 +18,37 @@ impl ConvLaunch {
         let p = self.prep();
         let (n_out, n_taps) = self.packed_shape(pass);
         let (kh, kw) = (g.kh, g.kw);
-        let taps: Vec<usize> = (0..p.chans)
-            .flat_map(|c| (0..kh * kw).map(move |t| c * p.chan_len + p.tap(t / kw, t % kw)))
-            .collect();
+        let taps = p.tap_offsets();
         debug_assert_eq!(taps.len(), n_taps);
-        // Packed `[block][tap][CB]`, zero past the last output channel.
+        // Packed `[block][tap][CB]`, zero past the last output channel; filled
+        // by nested loops (an index split by division per element cost up to
+        // a millisecond per launch, every step).
         let cb = k.forward_block;
         let wpack = std::slice::from_raw_parts_mut(ptrs[3], n_out.next_multiple_of(cb) * n_taps);
         let w = ptrs[1] as *const f32;
-        for (i, dst) in wpack.iter_mut().enumerate() {
-            let (block, t, c) = (i / (n_taps * cb), (i / cb) % n_taps, i % cb);
-            let o = block * cb + c;
-            *dst = if o >= n_out {
-                0.0
-            } else if pass == ConvPass::Forward {
-                *w.add(o * n_taps + t)
-            } else {
-                // Input gradient: tap (co, ki, kj) reads W[co, o, kh-1-ki, kw-1-kj].
-                let (src_o, tap) = (t / (kh * kw), t % (kh * kw));
-                let (ki, kj) = (kh - 1 - tap / kw, kw - 1 - tap % kw);
-                *w.add(((src_o * g.c + o) * kh + ki) * kw + kj)
+        // Where tap t's weight of output channel 0 sits in W, and the step
+        // between output channels. Input gradient: tap (co, ki, kj) reads
+        // W[co, o, kh-1-ki, kw-1-kj].
+        let (srcs, o_step): (Vec<usize>, usize) = match pass {
+            ConvPass::Forward => ((0..n_taps).collect(), n_taps),
+            _ => {
+                let flipped = (0..n_taps).map(|t| {
+                    let (src_o, tap) = (t / (kh * kw), t % (kh * kw));
+                    (src_o * g.c * kh + kh - 1 - tap / kw) * kw + kw - 1 - tap % kw
+                });
+                (flipped.collect(), kh * kw)
+            }
+        };
+        for (block, packed) in wpack.chunks_exact_mut(n_taps * cb).enumerate() {
+            for (lanes, &src) in packed.chunks_exact_mut(cb).zip(&srcs) {
+                for (c, dst) in lanes.iter_mut().enumerate() {
+                    let o = block * cb + c;
+                    *dst = if o < n_out {
+                        *w.add(src + o * o_step)
+                    } else {
+                        0.0
+                    };
+                }
             }
         }
         let (in_len, out_len) = if pass == ConvPass::Forward {
@@ -47,10 +58,7 @@ impl ConvLaunch {
         };
         // Stride 1 with a 3- or 5-wide kernel: one run of `kw` taps per row.
         let (rows, run): (Vec<usize>, usize) = if p.stride == 1 && (kw == 3 || kw == 5) {
-            let rows = (0..p.chans)
-                .flat_map(|c| (0..kh).map(move |ki| c * p.chan_len + p.tap(ki, 0)))
-                .collect();
-            (rows, kw)
+            (p.row_offsets(), kw)
         } else {
             (taps, 1)
         };
@@ -87,16 +95,12 @@ impl ConvLaunch {
     ) {
         let (g, co) = (&self.geom, self.out_channels);
         let p = self.prep();
-        let (kh, kw) = (g.kh, g.kw);
-        let taps: Vec<usize> = (0..g.c)
-            .flat_map(|c| (0..kh * kw).map(move |t| c * p.chan_len + p.tap(t / kw, t % kw)))
-            .collect();
+        let taps = p.tap_offsets();
         let nvec = p.vectors(k.lanes);
         let dy_row = nvec * k.lanes;
         let (x_len, dy_len) = (p.len(k.lanes), co * dy_row);
         let per_batch = (WEIGHT_GRAD_BATCH_BYTES / (4 * (x_len + dy_len))).max(1);
         let (dy, x) = (ptrs[0] as usize, ptrs[1] as usize);
-        let wl = self.weight_len();
         let y_len = co * g.col_cols();
         self.weight_grad_groups(ptrs, threads, &|first, last, partial| {
             let mut n = first;
@@ -126,6 +130,5 @@ impl ConvLaunch {
                 n += batch;
             }
         });
-        debug_assert_eq!(wl, co * taps.len());
     }
 }

@@ -77,6 +77,25 @@ impl Prep {
         ((ki % s) * s + kj % s) * self.rows * self.row + (ki / s) * self.row + kj / s
     }
 
+    /// Offset of every tap of every channel, in OIHW weight order
+    /// (`(c · kh + ki) · kw + kj`).
+    pub fn tap_offsets(&self) -> Vec<usize> {
+        (0..self.chans)
+            .flat_map(|c| {
+                (0..self.kh * self.kw)
+                    .map(move |t| c * self.chan_len + self.tap(t / self.kw, t % self.kw))
+            })
+            .collect()
+    }
+
+    /// Offset of the first tap of each kernel row of each channel: with
+    /// stride 1 a row's `kw` taps follow it one element apart.
+    pub fn row_offsets(&self) -> Vec<usize> {
+        (0..self.chans)
+            .flat_map(|c| (0..self.kh).map(move |ki| c * self.chan_len + self.tap(ki, 0)))
+            .collect()
+    }
+
     /// Output positions, junk included.
     pub fn positions(&self) -> usize {
         self.out_h * self.row
