@@ -6,15 +6,14 @@ use std::time::Instant;
 use dropjit_graph::{Graph, NodeId};
 
 use crate::arena::{self, Lifetime};
-use crate::conv::{ConvIsa, ConvLaunch};
+use crate::conv::ConvIsa;
 use crate::kernels::expr::Node as ExprNode;
 use crate::kernels::gemm::{dropjit_sgemm, GemmDesc};
 use crate::kernels::jit::{ClifStage, CompiledModule, KernelFn, KernelModule, KernelSpec};
 use crate::kernels::parallel::global_pool;
 use crate::layout::StateLayout;
 use crate::lower::{lower, KernelDef};
-use crate::maxpool::MaxPoolLaunch;
-use crate::schedule::{BufKind, BufRef, LaunchKind, Schedule};
+use crate::schedule::{BufKind, BufRef, LaunchKind, NativeOp, Schedule};
 use crate::CodegenError;
 
 /// The arena: zeroed, 64-byte aligned f32 storage. Allocated zeroed by the
@@ -310,8 +309,7 @@ fn launch_data(s: &Schedule) -> LaunchData {
         .launches
         .iter()
         .map(|l| match &l.kind {
-            LaunchKind::Conv(c) => Some(Box::new(NativeOp::Conv(c.clone()))),
-            LaunchKind::MaxPool(m) => Some(Box::new(NativeOp::MaxPool(m.clone()))),
+            LaunchKind::Native(op) => Some(Box::new(op.clone())),
             _ => None,
         })
         .collect();
@@ -404,7 +402,7 @@ fn emit_entry(
                 b.ins()
                     .call(sgemm, &[d, addrs[0], addrs[1], addrs[2], threads]);
             }
-            LaunchKind::Conv(_) | LaunchKind::MaxPool(_) => {
+            LaunchKind::Native(_) => {
                 debug_assert!(calls[i].is_some(), "a boxed pass per conv launch");
                 let args = array(b, &addrs);
                 let op = entry_of(b, i);
@@ -434,7 +432,7 @@ fn kernel_range(kind: &LaunchKind) -> Option<(usize, usize)> {
         LaunchKind::Elementwise { func, dims } => Some((*func, dims.outer)),
         LaunchKind::Reduce { func, dims } => Some((*func, dims.chans)),
         LaunchKind::Scalar { func, op } => Some((*func, op.range())),
-        LaunchKind::Gemm(_) | LaunchKind::Conv(_) | LaunchKind::MaxPool(_) => None,
+        LaunchKind::Gemm(_) | LaunchKind::Native(_) => None,
     }
 }
 
@@ -575,13 +573,9 @@ fn verify(s: &Schedule, kernels: &[KernelDef], layout: &StateLayout) -> Result<(
                 need = (0..3).map(|w| gemm_extent(d, w)).collect();
                 written.push(2);
             }
-            LaunchKind::Conv(c) => {
-                need = c.extents();
-                written.extend(2..need.len());
-            }
-            LaunchKind::MaxPool(m) => {
-                need = m.extents();
-                written.push(need.len() - 1);
+            LaunchKind::Native(op) => {
+                need = op.extents();
+                written.extend(op.written());
             }
             LaunchKind::Scalar { op, .. } => {
                 let (ins, out) = op.extents();
@@ -628,18 +622,7 @@ pub unsafe extern "C" fn dropjit_run_op(
     ptrs: *const *mut f32,
     threads: usize,
 ) {
-    match &*op {
-        NativeOp::Conv(c) => c.run(std::slice::from_raw_parts(ptrs, c.args()), threads),
-        NativeOp::MaxPool(m) => m.run(std::slice::from_raw_parts(ptrs, m.args()), threads),
-    }
-}
-
-/// A launch run by Rust code rather than a generated kernel, as the step's
-/// table hands it to [`dropjit_run_op`].
-#[derive(Clone, Debug, PartialEq)]
-pub enum NativeOp {
-    Conv(ConvLaunch),
-    MaxPool(MaxPoolLaunch),
+    (*op).run(ptrs, threads)
 }
 
 impl CompiledGraph {
@@ -734,7 +717,7 @@ impl CompiledGraph {
                     }
                     LaunchKind::Gemm(d) => dropjit_sgemm(d, ptrs[0], ptrs[1], ptrs[2], threads),
                     // The same helper the generated entry calls, same pass.
-                    LaunchKind::Conv(_) | LaunchKind::MaxPool(_) => {
+                    LaunchKind::Native(_) => {
                         dropjit_run_op(self.table[li] as *const NativeOp, ptrs.as_ptr(), threads)
                     }
                 }
@@ -810,7 +793,7 @@ impl CompiledGraph {
         };
         let mut out: Vec<(String, usize, f64, f64)> = Vec::new();
         for (l, t) in self.schedule.launches.iter().zip(p) {
-            let LaunchKind::Conv(c) = &l.kind else {
+            let LaunchKind::Native(NativeOp::Conv(c)) = &l.kind else {
                 continue;
             };
             let g = &c.geom;
@@ -843,13 +826,7 @@ impl CompiledGraph {
                 LaunchKind::Elementwise { .. } => "elementwise".to_string(),
                 LaunchKind::Reduce { .. } => "reduce".to_string(),
                 LaunchKind::Gemm(_) => "sgemm".to_string(),
-                LaunchKind::Conv(c) => format!("conv {:?}", c.pass),
-                LaunchKind::MaxPool(m) => if m.grad {
-                    "max_pool2d_grad"
-                } else {
-                    "max_pool2d"
-                }
-                .to_string(),
+                LaunchKind::Native(op) => op.kind_name(),
                 LaunchKind::Scalar { op, .. } => op.name().to_string(),
             };
             *by.entry(k).or_default() += t;

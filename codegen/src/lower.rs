@@ -30,7 +30,7 @@ use crate::kernels::softmax::SoftmaxXentKernel;
 use crate::layout::{key_slot, StateLayout};
 use crate::maxpool::MaxPoolLaunch;
 use crate::scalar_ops::{Nchw, ScalarOp};
-use crate::schedule::{BufKind, BufRef, Buffer, Launch, LaunchKind, Schedule};
+use crate::schedule::{BufKind, BufRef, Buffer, Launch, LaunchKind, NativeOp, Schedule};
 use crate::CodegenError;
 
 /// A JIT kernel to compile, in launch order of first use.
@@ -502,7 +502,7 @@ impl Lower<'_> {
         );
         let mut all = vec![args[0], args[1], args[2], scratch];
         all.extend(extra);
-        self.launch(LaunchKind::Conv(launch), all, nodes);
+        self.launch(LaunchKind::Native(NativeOp::Conv(launch)), all, nodes);
     }
 
     /// The bias-add node and its bias parameter when that node is the only
@@ -539,7 +539,7 @@ impl Lower<'_> {
         let out = self.temp(&self.g.node(id).name.clone(), out_elems);
         let mut args: Vec<BufRef> = ins.iter().map(|&i| self.buf(i)).collect();
         args.push(out);
-        self.launch(LaunchKind::MaxPool(launch), args, &[id]);
+        self.launch(LaunchKind::Native(NativeOp::MaxPool(launch)), args, &[id]);
         self.value[id.index()] = Some(out);
     }
 

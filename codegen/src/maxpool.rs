@@ -27,14 +27,6 @@ pub struct MaxPoolLaunch {
 }
 
 impl MaxPoolLaunch {
-    pub fn args(&self) -> usize {
-        if self.grad {
-            3
-        } else {
-            2
-        }
-    }
-
     /// Elements each argument must hold.
     pub fn extents(&self) -> Vec<usize> {
         let (x, y) = (self.x.len(), self.y.len());
@@ -60,8 +52,8 @@ impl MaxPoolLaunch {
     }
 
     /// # Safety
-    /// `ptrs` holds [`MaxPoolLaunch::args`] buffers of the
-    /// [`MaxPoolLaunch::extents`]; the output overlaps no input.
+    /// `ptrs` holds one buffer per [`MaxPoolLaunch::extents`] entry; the
+    /// output overlaps no input.
     pub unsafe fn run(&self, ptrs: &[*mut f32], threads: usize) {
         let (x, y) = (self.x, self.y);
         let rows: Vec<(usize, usize)> = (0..y.h)

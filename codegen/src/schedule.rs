@@ -48,13 +48,60 @@ pub enum LaunchKind {
     Reduce { func: usize, dims: Dims },
     /// `C = alpha·A·B + beta·C` (batched, strided) through matrixmultiply.
     Gemm(GemmDesc),
-    /// A whole convolution pass over the batch (see [`ConvLaunch`]).
-    Conv(ConvLaunch),
-    /// Max pooling or its gradient over all planes (see [`MaxPoolLaunch`]).
-    MaxPool(MaxPoolLaunch),
+    /// Rust code over the whole batch, called through `exec::dropjit_run_op`.
+    Native(NativeOp),
     /// A JIT scalar loop nest (pooling, shortcut, softmax cross-entropy),
     /// split over `op.range()` planes or rows.
     Scalar { func: usize, op: ScalarOp },
+}
+
+/// A launch run by Rust code rather than a generated kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NativeOp {
+    /// A whole convolution pass (see [`ConvLaunch`]).
+    Conv(ConvLaunch),
+    /// Max pooling or its gradient over all planes (see [`MaxPoolLaunch`]).
+    MaxPool(MaxPoolLaunch),
+}
+
+impl NativeOp {
+    /// Elements each argument must hold.
+    pub fn extents(&self) -> Vec<usize> {
+        match self {
+            NativeOp::Conv(c) => c.extents(),
+            NativeOp::MaxPool(m) => m.extents(),
+        }
+    }
+
+    /// The arguments it writes.
+    pub fn written(&self) -> std::ops::Range<usize> {
+        let n = self.extents().len();
+        match self {
+            // Output, scratch and the statistics.
+            NativeOp::Conv(_) => 2..n,
+            NativeOp::MaxPool(_) => n - 1..n,
+        }
+    }
+
+    /// The launch kind `bench --profile` adds its time to.
+    pub fn kind_name(&self) -> String {
+        match self {
+            NativeOp::Conv(c) => format!("conv {:?}", c.pass),
+            NativeOp::MaxPool(m) if m.grad => "max_pool2d_grad".into(),
+            NativeOp::MaxPool(_) => "max_pool2d".into(),
+        }
+    }
+
+    /// # Safety
+    /// `ptrs` holds the buffers of [`NativeOp::extents`]; see each op's `run`.
+    pub unsafe fn run(&self, ptrs: *const *mut f32, threads: usize) {
+        let args = self.extents().len();
+        let ptrs = std::slice::from_raw_parts(ptrs, args);
+        match self {
+            NativeOp::Conv(c) => c.run(ptrs, threads),
+            NativeOp::MaxPool(m) => m.run(ptrs, threads),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -121,10 +168,10 @@ impl Schedule {
                     )
                 }
                 LaunchKind::Gemm(d) => format!("sgemm {}x{}x{} batch {}", d.m, d.k, d.n, d.batch),
-                LaunchKind::Conv(c) => {
+                LaunchKind::Native(NativeOp::Conv(c)) => {
                     format!("conv {} x{} {}", c.shape(), c.images, c.describe())
                 }
-                LaunchKind::MaxPool(m) => m.describe(),
+                LaunchKind::Native(NativeOp::MaxPool(m)) => m.describe(),
                 LaunchKind::Scalar { func, op } => format!("{} k{func}", op.name()),
             };
             let keys = match l.key_base {
