@@ -13,14 +13,13 @@
 //! from forced inputs and the loop's stored results are compared. The SGD and
 //! running-statistics updates are compared through the state after the step.
 
-use dropjit_codegen::{compile, step_keys, CompileOptions, CompiledGraph, ConvIsa, StateLayout};
+use dropjit_codegen::{step_keys, CompileOptions, CompiledGraph, ConvIsa, StateLayout};
 use dropjit_graph::dropout::DropoutConfig;
 use dropjit_graph::gradcheck::random_batch;
 use dropjit_graph::init::generic_point;
 use dropjit_graph::interp::{run_observed, Inputs, State};
-use dropjit_graph::step::{training_step, SgdConfig};
 use dropjit_graph::{DropoutMode, Graph, NodeId};
-use dropjit_tests::{model, rel_err};
+use dropjit_tests::{rel_err, JitStep};
 
 /// Relative tolerance (against the reference tensor's largest magnitude).
 const TOL: f64 = 1e-4;
@@ -85,24 +84,17 @@ struct StepPair {
 
 impl StepPair {
     fn new(path: &str, batch: usize, dropout: DropoutConfig, isa: ConvIsa) -> Self {
-        let g = model(path);
-        let sgd = SgdConfig {
-            momentum: 0.9,
-            weight_decay: 5e-4,
-        };
-        let step_graph = training_step(&g, &dropout, &sgd).expect("step graph");
-        let layout = StateLayout::new(&g);
         let opts = CompileOptions {
             keep_values: true,
             isa: Some(isa),
             ..Default::default()
         };
-        let jit = compile(&step_graph, batch, &layout, opts).expect("compiles");
+        let s = JitStep::new(path, batch, dropout, opts);
         StepPair {
-            model: g,
-            step_graph,
-            layout,
-            jit,
+            model: s.model,
+            step_graph: s.step_graph,
+            layout: s.layout,
+            jit: s.jit,
             batch,
         }
     }

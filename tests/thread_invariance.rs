@@ -6,33 +6,30 @@
 //! at 1, 2, 3, 4 and 8 threads: updated parameters, momentum, BatchNorm
 //! running statistics, loss and logits.
 
-use dropjit_codegen::{compile, step_keys, CompileOptions, ConvIsa, StateLayout};
+use dropjit_codegen::{step_keys, CompileOptions, ConvIsa};
 use dropjit_graph::dropout::DropoutConfig;
 use dropjit_graph::gradcheck::random_batch;
 use dropjit_graph::init::generic_point;
-use dropjit_graph::step::{training_step, SgdConfig};
 use dropjit_graph::DropoutMode;
-use dropjit_tests::model;
+use dropjit_tests::JitStep;
 
 /// The state, loss and logits after two steps at `threads` threads.
 fn two_steps(path: &str, batch: usize, isa: ConvIsa, threads: usize) -> Vec<Vec<u32>> {
-    let g = model(path);
     let dropout = DropoutConfig {
         mode: DropoutMode::Augmented,
         fwd: 0.2,
         bwd: 0.1,
     };
-    let sgd = SgdConfig {
-        momentum: 0.9,
-        weight_decay: 5e-4,
-    };
-    let step = training_step(&g, &dropout, &sgd).expect("step graph");
-    let layout = StateLayout::new(&g);
     let opts = CompileOptions {
         isa: Some(isa),
         ..Default::default()
     };
-    let mut jit = compile(&step, batch, &layout, opts).expect("compiles");
+    let JitStep {
+        model: g,
+        layout,
+        mut jit,
+        ..
+    } = JitStep::new(path, batch, dropout, opts);
     let mut state = layout.pack(&generic_point(&g, 5));
     state[layout.lr] = 0.05;
     let mut out = Vec::new();
