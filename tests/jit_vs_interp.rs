@@ -161,6 +161,14 @@ fn tiny_model_all_modes() {
     all_modes("tests/fixtures/tiny_bn.json", 3);
 }
 
+/// Dropout before max pooling, batch norm, a residual add and average pool ->
+/// flatten -> linear: the backward-mask substitution through every
+/// parameter-free op, JIT against the interpreter.
+#[test]
+fn substitution_fixture_all_modes() {
+    all_modes("tests/fixtures/drop_pool_bn_add.json", 3);
+}
+
 #[test]
 fn convnet_quick_all_modes() {
     all_modes("models/convnet_quick.json", 3);

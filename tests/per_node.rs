@@ -203,6 +203,7 @@ fn fixtures_per_node() {
         "tests/fixtures/tiny.json",
         "tests/fixtures/tiny_bn.json",
         "tests/fixtures/conv_bn_drop_linear.json",
+        "tests/fixtures/drop_pool_bn_add.json",
     ] {
         all_modes(path, 3);
     }

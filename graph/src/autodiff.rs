@@ -3,6 +3,12 @@
 //! trainable parameter. Dropout sites become their forward mask `F`, and the
 //! backward pass sees their backward mask `B` (two rules, see [`Autodiff::saved`]
 //! and the `Dropout` arm of [`Autodiff::rule`]).
+//!
+//! Rule 2 (the backward pass reads `B ⊙ x` where the forward pass computed
+//! `F ⊙ x`) is carried through the parameter-free ops after a site up to and
+//! including the first layer with parameters, so `dropout -> pool -> conv` and
+//! `dropout -> flatten -> linear` follow the paper's equations like
+//! `dropout -> conv` does.
 
 use std::collections::HashMap;
 
@@ -24,6 +30,7 @@ pub fn backward(fwd: &Graph, cfg: &DropoutConfig) -> Result<Graph> {
         fwd,
         g: fwd.empty_like(),
         map: Vec::with_capacity(fwd.nodes.len()),
+        substituted: substituted(fwd, &masks),
         masks,
         saved_cache: HashMap::new(),
     };
@@ -97,12 +104,51 @@ fn needs_grad(g: &Graph) -> Vec<bool> {
     needs
 }
 
+/// Which forward values the backward pass reads in substituted form: dropout
+/// sites whose `B` differs from `F`, and the parameter-free ops that read a
+/// substituted value. A layer with parameters (and the loss's inputs beyond
+/// it) ends the substitution: its output is read as computed.
+fn substituted(g: &Graph, masks: &[SiteMasks]) -> Vec<bool> {
+    let mut sub = vec![false; g.nodes.len()];
+    for id in g.ids() {
+        let n = g.node(id);
+        let any_input = || n.inputs.iter().any(|i| sub[i.index()]);
+        sub[id.index()] = match n.op {
+            Op::Dropout(site) => {
+                let m = &masks[site.index()];
+                m.forward != m.backward || any_input()
+            }
+            _ if is_parameter_free(&n.op) => any_input(),
+            _ => false,
+        };
+    }
+    sub
+}
+
+/// Ops without parameters whose value the substitution passes through. Every
+/// other op with a tensor result has parameters (convolution, linear, bias,
+/// batch norm) or is the loss.
+fn is_parameter_free(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::MaxPool2d(_)
+            | Op::AvgPool2d(_)
+            | Op::Relu
+            | Op::Add
+            | Op::ShortcutA { .. }
+            | Op::GlobalAvgPool
+            | Op::Reshape { .. }
+    )
+}
+
 struct Autodiff<'a> {
     fwd: &'a Graph,
     g: Graph,
     /// Forward node -> the node holding its value in the new graph.
     map: Vec<NodeId>,
     masks: Vec<SiteMasks>,
+    /// Per forward node: does the backward pass read it substituted?
+    substituted: Vec<bool>,
     saved_cache: HashMap<NodeId, NodeId>,
 }
 
@@ -135,24 +181,61 @@ impl Autodiff<'_> {
         self.map[id.index()]
     }
 
-    /// A forward value as the backward pass reads it. For a dropout output `y`
-    /// this is `B ⊙ x` (rule 2 of the contract), not `F ⊙ x`: backward dropout
-    /// masks the features in `dW`, forward dropout leaves them unmasked.
+    /// A forward value as the backward pass reads it (rule 2 of the contract).
+    /// For a dropout output `y = F ⊙ x` this is `B ⊙ x`: backward dropout masks
+    /// the features in `dW`, forward dropout leaves them unmasked. A
+    /// parameter-free op after a site is recomputed on its inputs' substituted
+    /// values (built here, next to the gradient that reads it); every other
+    /// value is read as the forward pass computed it.
     fn saved(&mut self, id: NodeId) -> Result<NodeId> {
-        let n = self.fwd.node(id);
-        let Op::Dropout(site) = n.op else {
+        if !self.substituted[id.index()] {
             return Ok(self.v(id));
-        };
+        }
         if let Some(&s) = self.saved_cache.get(&id) {
             return Ok(s);
         }
-        let x = self.v(n.inputs[0]);
-        let s = match self.masks[site.index()].backward.clone() {
-            Some(spec) => self.mask(&format!("{}.saved", n.name), spec, x, &n.name)?,
-            None => x,
+        let n = self.fwd.node(id).clone();
+        let inputs = n
+            .inputs
+            .iter()
+            .map(|&i| self.saved(i))
+            .collect::<Result<Vec<_>>>()?;
+        let name = format!("{}.saved", n.name);
+        let s = match &n.op {
+            Op::Dropout(site) => match self.masks[site.index()].backward.clone() {
+                Some(spec) => self.mask(&name, spec, inputs[0], &n.name)?,
+                None => inputs[0],
+            },
+            op => self
+                .g
+                .push(name, op.clone(), inputs, Some(n.name.clone()))?,
         };
         self.saved_cache.insert(id, s);
         Ok(s)
+    }
+
+    /// Batch mean and variance of `x` as the backward pass reads it: the
+    /// forward statistics, or those of the substituted input. The latter feed
+    /// no running-statistics update (the step updates from the forward pass).
+    fn saved_bn_stats(&mut self, id: NodeId) -> Result<(NodeId, NodeId)> {
+        let n = self.fwd.node(id);
+        let (x, mean, var) = (n.inputs[0], n.inputs[1], n.inputs[2]);
+        if !self.substituted[x.index()] {
+            return Ok((self.v(mean), self.v(var)));
+        }
+        let (mean_op, var_op) = (
+            self.fwd.node(mean).op.clone(),
+            self.fwd.node(var).op.clone(),
+        );
+        let (mean_name, var_name) = (
+            format!("{}.saved", self.fwd.node(mean).name),
+            format!("{}.saved", self.fwd.node(var).name),
+        );
+        let origin = Some(n.name.clone());
+        let xs = self.saved(x)?;
+        let m = self.g.push(mean_name, mean_op, vec![xs], origin.clone())?;
+        let v = self.g.push(var_name, var_op, vec![xs, m], origin)?;
+        Ok((m, v))
     }
 
     fn mask(&mut self, name: &str, spec: MaskSpec, x: NodeId, origin: &str) -> Result<NodeId> {
@@ -179,7 +262,7 @@ impl Autodiff<'_> {
             Op::Image | Op::Labels { .. } | Op::Param(_) => vec![],
             // loss = mean_n -log softmax(z_n)[t_n]   dz = (softmax(z) - onehot(t)) / N
             Op::SoftmaxCrossEntropy => {
-                let (z, t) = (self.v(ins[0]), self.v(ins[1]));
+                let (z, t) = (self.saved(ins[0])?, self.v(ins[1]));
                 vec![(
                     ins[0],
                     self.push(id, "grad_logits", Op::SoftmaxCrossEntropyGrad, vec![z, t])?,
@@ -265,8 +348,10 @@ impl Autodiff<'_> {
                         "bn_apply in training must use bn_mean and bn_var of its own input",
                     ));
                 }
+                // Differentiated at the substituted input, with its own statistics.
                 let x = self.saved(ins[0])?;
-                let (m, v, gamma) = (self.v(mean), self.v(var), self.v(ins[3]));
+                let (m, v) = self.saved_bn_stats(id)?;
+                let gamma = self.v(ins[3]);
                 let dx = self.push(
                     id,
                     "grad_input",

@@ -44,8 +44,19 @@ pub fn training_step(fwd: &Graph, dropout: &DropoutConfig, sgd: &SgdConfig) -> R
             Some(param.name.clone()),
         )?;
     }
+    // Running statistics follow the forward pass's batch statistics only, not
+    // those the backward pass recomputes on a substituted input (autodiff).
+    let forward_stats: std::collections::HashSet<&str> = fwd
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::BnMean { .. } | Op::BnVar { .. }))
+        .map(|n| n.name.as_str())
+        .collect();
     for id in g.ids().collect::<Vec<_>>() {
         let n = g.node(id);
+        if !forward_stats.contains(n.name.as_str()) {
+            continue;
+        }
         let (running, momentum, unbiased) = match n.op {
             Op::BnMean { running, momentum } => (running, momentum, false),
             Op::BnVar { running, momentum } => (running, momentum, true),
