@@ -5,7 +5,7 @@
 use crate::error::{GraphError, Result};
 use crate::graph::{DropoutMode, Graph};
 use crate::ids::SiteId;
-use crate::mask::Stream;
+use crate::mask::{is_kept, keep_threshold, mask_key, Stream};
 use crate::op::{MaskFactor, MaskSpec};
 
 /// The global dropout setting of a run (`--dropout MODE --fwd P --bwd Q`).
@@ -105,6 +105,77 @@ pub fn resolve_sites(g: &Graph, cfg: &DropoutConfig) -> Result<Vec<SiteMasks>> {
         out.push(SiteMasks {
             forward: f,
             backward: b,
+        });
+    }
+    Ok(out)
+}
+
+/// A mask's `len` elements for one step: `0` or the inverted-dropout scale,
+/// all ones for the all-ones mask (`None`). The same values the interpreter
+/// multiplies by, rounded to f32.
+pub fn mask_values(spec: Option<&MaskSpec>, seed: u64, step: u64, len: usize) -> Vec<f32> {
+    let Some(spec) = spec else {
+        return vec![1.0; len];
+    };
+    let factors: Vec<(u64, i32)> = spec
+        .factors
+        .iter()
+        .map(|f| {
+            (
+                mask_key(seed, step, spec.site.0, f.stream),
+                keep_threshold(f.ratio),
+            )
+        })
+        .collect();
+    let scale = spec.scale() as f32;
+    (0..len)
+        .map(|e| {
+            let kept = factors
+                .iter()
+                .all(|&(key, thr)| is_kept(key, e as u32, thr));
+            if kept {
+                scale
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// One site's forward and backward masks for a batch, as values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiteMaskValues {
+    /// The dropout node's name in the model file.
+    pub site: String,
+    /// `[N, dims of the site's input...]`.
+    pub shape: Vec<usize>,
+    pub forward: Vec<f32>,
+    pub backward: Vec<f32>,
+}
+
+/// `F` and `B` of every site of `g` at (`seed`, `step`) for a batch of `batch`,
+/// so that the modes can be checked against an independent implementation.
+pub fn site_mask_values(
+    g: &Graph,
+    cfg: &DropoutConfig,
+    seed: u64,
+    step: u64,
+    batch: usize,
+) -> Result<Vec<SiteMaskValues>> {
+    let masks = resolve_sites(g, cfg)?;
+    let mut out = Vec::with_capacity(masks.len());
+    for n in &g.nodes {
+        let crate::op::Op::Dropout(site) = n.op else {
+            continue;
+        };
+        let m = &masks[site.index()];
+        let shape = n.ty.concrete(batch);
+        let len = n.ty.elems(batch);
+        out.push(SiteMaskValues {
+            site: g.site(site).name.clone(),
+            shape,
+            forward: mask_values(m.forward.as_ref(), seed, step, len),
+            backward: mask_values(m.backward.as_ref(), seed, step, len),
         });
     }
     Ok(out)

@@ -314,3 +314,96 @@ fn grad_writes_loss_and_every_gradient_with_pytorch_names() {
         "not a safetensors file",
     );
 }
+
+/// `grad --masks-out` writes every site's `F` and `B` of the step, named by
+/// site, shaped like the site's input, with the values the contract gives.
+#[test]
+fn grad_masks_out_writes_each_sites_forward_and_backward_mask() {
+    use dropjit_graph::mask::{is_kept, keep_threshold, mask_key, Stream};
+    const FIXTURE: &str = "tests/fixtures/drop_pool_bn_add.json";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (b, g, m) = (
+        dir.path().join("b.safetensors"),
+        dir.path().join("g.safetensors"),
+        dir.path().join("m.safetensors"),
+    );
+    write_batch(&b, &[2, 3, 8, 8], &[3, 9]);
+    let run = |mode: &str, fwd: &str, bwd: &str| {
+        let text = ok(&run_dropjit(&[
+            "grad",
+            "--graph",
+            FIXTURE,
+            "--batch",
+            b.to_str().unwrap(),
+            "--out",
+            g.to_str().unwrap(),
+            "--masks-out",
+            m.to_str().unwrap(),
+            "--dropout",
+            mode,
+            "--fwd",
+            fwd,
+            "--bwd",
+            bwd,
+            "--seed",
+            "6",
+            "--step",
+            "2",
+        ]));
+        assert!(
+            text.contains("F and B of 3 dropout sites written"),
+            "{text}"
+        );
+        dropjit::tensors::read(&m).expect("masks file")
+    };
+    let values = |t: &dropjit::tensors::Tensor| match &t.values {
+        dropjit::tensors::Values::F32(v) => v.clone(),
+        dropjit::tensors::Values::I64(_) => panic!("masks are f32"),
+    };
+    let masks = run("augmented", "0.3", "0.2");
+    assert_eq!(masks.len(), 6);
+    for (site, (name, shape)) in [
+        ("drop1", vec![2, 4, 8, 8]),
+        ("drop2", vec![2, 6, 4, 4]),
+        ("drop3", vec![2, 6, 4, 4]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (f, bm) = (&masks[&format!("{name}.F")], &masks[&format!("{name}.B")]);
+        assert_eq!((&f.shape, &bm.shape), (&shape, &shape), "{name}");
+        let (f, bm) = (values(f), values(bm));
+        // F: the contract's hash, kept elements scaled by 1/0.7.
+        let key = mask_key(6, 2, site as u32, Stream::F);
+        for (e, &v) in f.iter().enumerate() {
+            let want = if is_kept(key, e as u32, keep_threshold(0.3)) {
+                (1.0 / 0.7f64) as f32
+            } else {
+                0.0
+            };
+            assert_eq!(v, want, "{name}.F[{e}]");
+        }
+        // B = F ⊙ G: kept only where F keeps, scaled by 1/(0.7 · 0.8).
+        let scale = (1.0 / (0.7 * 0.8f64)) as f32;
+        assert!(
+            bm.iter().all(|&v| v == 0.0 || v == scale),
+            "{name}.B values"
+        );
+        assert!(
+            f.iter().zip(&bm).all(|(&a, &c)| c == 0.0 || a != 0.0),
+            "{name}: B ⊆ F"
+        );
+        let zeros = |v: &[f32]| v.iter().filter(|&&x| x == 0.0).count();
+        assert!(
+            zeros(&bm) > zeros(&f) && zeros(&f) > 0,
+            "{name}: G drops more"
+        );
+    }
+    // Forward mode: B is all ones; backward mode: F is.
+    let masks = run("forward", "0.3", "0");
+    assert!(values(&masks["drop2.B"]).iter().all(|&v| v == 1.0));
+    assert!(values(&masks["drop2.F"]).contains(&0.0));
+    let masks = run("backward", "0", "0.3");
+    assert!(values(&masks["drop2.F"]).iter().all(|&v| v == 1.0));
+    assert!(values(&masks["drop2.B"]).contains(&0.0));
+}

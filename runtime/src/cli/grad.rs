@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use dropjit_graph::autodiff::{backward, grad_output};
+use dropjit_graph::dropout::site_mask_values;
 use dropjit_graph::interp::{run, Inputs, State};
 
 use super::dropout_args::DropoutArgs;
@@ -34,6 +35,12 @@ pub struct GradArgs {
     /// Step number the masks are drawn for.
     #[arg(long, default_value_t = 0)]
     pub step: u64,
+    /// Also write every dropout site's forward mask `F` and backward mask `B`
+    /// of this step (safetensors, `<site>.F` and `<site>.B`, shape `[N, ...]`,
+    /// each element 0 or the inverted-dropout scale, ones where the mode has no
+    /// mask), to check the modes against an independent implementation.
+    #[arg(long, value_name = "FILE")]
+    pub masks_out: Option<PathBuf>,
 }
 
 pub fn run_grad(args: &GradArgs) -> Result<ExitCode, CliError> {
@@ -121,6 +128,32 @@ pub fn run_grad(args: &GradArgs) -> Result<ExitCode, CliError> {
         .collect();
     out.push(("loss".into(), vec![], Out::F32(&loss_arr)));
     tensors::write(&args.out, &out, None)?;
+    if let Some(path) = &args.masks_out {
+        let masks = site_mask_values(&g, &dropout, args.seed, args.step, n)?;
+        let out: Vec<(String, Vec<usize>, Out<'_>)> = masks
+            .iter()
+            .flat_map(|m| {
+                [
+                    (
+                        format!("{}.F", m.site),
+                        m.shape.clone(),
+                        Out::F32(&m.forward),
+                    ),
+                    (
+                        format!("{}.B", m.site),
+                        m.shape.clone(),
+                        Out::F32(&m.backward),
+                    ),
+                ]
+            })
+            .collect();
+        tensors::write(path, &out, None)?;
+        println!(
+            "F and B of {} dropout sites written to {}",
+            masks.len(),
+            path.display()
+        );
+    }
     println!(
         "loss {loss:.6} over {n} images ({}), {} gradients written to {}",
         dropout.describe(),
