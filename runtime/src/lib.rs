@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod data;
 pub mod engine;
+pub mod fetch;
 pub mod jit_engine;
 pub mod tensors;
 pub mod train;

@@ -12,12 +12,13 @@ pub const DATA_ENV: &str = "DROPJIT_DATA";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 
 impl DatasetKind {
-    /// The sub-directory the official archive unpacks to, if any.
+    /// The sub-directory the official archive unpacks to (`dropjit data
+    /// fetch` puts SVHN's two files in `svhn/`); the root itself is also looked at.
     pub fn subdir(self) -> Option<&'static str> {
         match self {
             DatasetKind::Cifar10 => Some("cifar-10-batches-bin"),
             DatasetKind::Cifar100 => Some("cifar-100-binary"),
-            DatasetKind::Svhn => None,
+            DatasetKind::Svhn => Some("svhn"),
         }
     }
 
