@@ -7,9 +7,10 @@ use clap::Args;
 use dropjit_graph::dropout::DropoutConfig;
 use dropjit_graph::step::SgdConfig;
 
+use super::data::data_root_for;
 use super::train::DEFAULT_ENGINE;
 use super::{CliError, GraphArgs};
-use crate::data::{resolve_data_dir, DatasetKind};
+use crate::data::DatasetKind;
 use crate::engine::{self, EngineKind, EngineSpec};
 use crate::train::config;
 use crate::train::evaluate::{class_names, evaluate, per_class_table};
@@ -25,6 +26,9 @@ pub struct EvalArgs {
     /// Data directory (default: $DROPJIT_DATA, else ./data).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Fail instead of fetching the data set when it is not in the data directory.
+    #[arg(long)]
+    pub no_download: bool,
     /// Data set (default: the recipe's).
     #[arg(long, value_parser = ["cifar10", "cifar100", "svhn"])]
     pub dataset: Option<String>,
@@ -63,7 +67,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, CliError> {
         .as_deref()
         .unwrap_or(config::normalize_name(g.recipe.normalize));
     let norm = config::normalization(norm_name).expect("known name");
-    let root = resolve_data_dir(args.data.as_deref())?;
+    let root = data_root_for(kind, args.data.as_deref(), !args.no_download)?;
     let limits = Limits {
         train: args.limit_train,
         test: args.limit_test,

@@ -2,6 +2,7 @@
 
 mod bench;
 mod compile;
+pub mod data;
 mod dropout_args;
 mod eval;
 mod grad;
@@ -47,6 +48,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Time the JIT-compiled training (or evaluation) step.
     Bench(bench::BenchArgs),
+    /// Download and list data sets.
+    Data(data::DataArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -85,5 +88,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Train(args) => train::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Data(args) => data::run(&args),
     }
 }

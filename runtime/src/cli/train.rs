@@ -10,9 +10,10 @@ use dropjit_graph::recipe::{Augment, Length, Normalize, Recipe, Schedule};
 use dropjit_graph::step::SgdConfig;
 use dropjit_graph::{Graph, LoadOptions};
 
+use super::data::data_root_for;
 use super::dropout_args::DropoutArgs;
 use super::CliError;
-use crate::data::{resolve_data_dir, DatasetKind};
+use crate::data::DatasetKind;
 use crate::engine::{self, Engine, EngineKind, EngineSpec};
 use crate::train::checkpoint::{self, RunState};
 use crate::train::config::{
@@ -42,6 +43,9 @@ pub struct TrainArgs {
     /// Data directory (default: $DROPJIT_DATA, else ./data).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Fail instead of fetching the data set when it is not in the data directory.
+    #[arg(long)]
+    pub no_download: bool,
     /// Data set (default: the recipe's).
     #[arg(long, value_parser = ["cifar10", "cifar100", "svhn"])]
     pub dataset: Option<String>,
@@ -368,7 +372,7 @@ fn start(a: &TrainArgs) -> Result<ExitCode, CliError> {
         .into());
     }
     let kind: DatasetKind = recipe.dataset.parse()?;
-    let root = resolve_data_dir(a.data.as_deref())?;
+    let root = data_root_for(kind, a.data.as_deref(), !a.no_download)?;
     let limits = Limits {
         train: a.limit_train,
         test: a.limit_test,

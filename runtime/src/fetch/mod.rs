@@ -196,6 +196,3 @@ pub fn manual_help(source: Source, root: &Path) -> String {
         root.join(source.dir()).display()
     )
 }
-
-#[cfg(test)]
-mod tests;

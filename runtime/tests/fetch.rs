@@ -1,6 +1,7 @@
 //! Fetching from a local HTTP server started by each test: success, checksum
 //! failure, a connection dropped half-way, no server at all, and archives
-//! that try to write outside their directory.
+//! that try to write outside their directory; then `dropjit data` and `train`
+//! on an empty data directory as a user runs them.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -12,7 +13,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use md5::{Digest, Md5};
 
-use super::*;
+use dropjit::fetch::*;
 
 /// How the server answers for one file.
 #[derive(Clone)]
@@ -162,10 +163,10 @@ fn fetch_unpacks_verifies_and_renames_into_place() {
     let marker = std::fs::read_to_string(dir.join(VERIFIED_FILE)).unwrap();
     assert!(marker.contains(&sum), "{marker}");
     // The data loader reads what was fetched.
-    let ds = crate::data::load_dataset(
+    let ds = dropjit::data::load_dataset(
         root.path(),
-        &crate::data::LoadOptions {
-            kind: Some(crate::data::DatasetKind::Cifar10),
+        &dropjit::data::LoadOptions {
+            kind: Some(dropjit::data::DatasetKind::Cifar10),
             ..Default::default()
         },
     )
@@ -267,7 +268,7 @@ fn a_killed_fetch_leaves_no_data_and_is_cleaned_up_next_time() {
     std::fs::create_dir_all(&stale).unwrap();
     std::fs::write(stale.join("data_batch_1.bin"), b"partial").unwrap();
     assert!(
-        crate::data::locate_dataset(root.path(), None).is_err(),
+        dropjit::data::locate_dataset(root.path(), None).is_err(),
         "not taken for data"
     );
     let base = serve(HashMap::from([(
@@ -352,4 +353,155 @@ fn data_set_names_parse_and_unknown_ones_list_the_choices() {
         .parse::<Source>()
         .unwrap_err()
         .contains("cifar10, cifar100, svhn, mnist, fashion-mnist"));
+}
+
+fn dropjit(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dropjit"));
+    cmd.args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap())
+        .env_remove("DROPJIT_DATA")
+        .env_remove(URL_ENV)
+        .env_remove(MD5_ENV);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run dropjit")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn train_on_an_empty_data_directory_fetches_and_starts() {
+    let archive = cifar10_archive(&[]);
+    let env = [
+        (
+            MD5_ENV,
+            format!("cifar-10-binary.tar.gz={}", md5_hex(&archive)),
+        ),
+        (
+            URL_ENV,
+            serve(HashMap::from([(
+                "cifar-10-binary.tar.gz".to_string(),
+                Reply::Whole(archive),
+            )])),
+        ),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
+    let args = [
+        "train",
+        "--graph",
+        "models/convnet_quick.json",
+        "--data",
+        data.to_str().unwrap(),
+        "--iterations",
+        "2",
+        "--batch",
+        "5",
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    let out = dropjit(&args, &env);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", text(&out.stdout));
+    assert!(
+        err.contains("cifar10 not found in") && err.contains("fetching it"),
+        "{err}"
+    );
+    assert_eq!(
+        dropjit::fetch::status(Source::Cifar10, &data),
+        Status::Verified
+    );
+    assert!(run.join("config.json").is_file());
+}
+
+#[test]
+fn no_download_and_no_network_each_fail_in_one_error_that_says_what_to_do() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = [(URL_ENV, format!("http://127.0.0.1:{port}"))];
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = dropjit(
+        &[
+            "train",
+            "--graph",
+            "models/convnet_quick.json",
+            "--data",
+            data.to_str().unwrap(),
+            "--no-download",
+        ],
+        &env,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "dropjit data fetch cifar10 --dir {}",
+            data.display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = dropjit(
+        &["data", "fetch", "svhn", "--dir", data.to_str().unwrap()],
+        &env,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: cannot download"), "{err}");
+    assert!(
+        err.contains("http://ufldl.stanford.edu/housenumbers/test_32x32.mat"),
+        "{err}"
+    );
+    assert!(listing(&data).is_empty(), "{:?}", listing(&data));
+}
+
+#[test]
+fn data_list_shows_what_is_present_and_verified() {
+    let archive = cifar10_archive(&[]);
+    let env = [
+        (
+            MD5_ENV,
+            format!("cifar-10-binary.tar.gz={}", md5_hex(&archive)),
+        ),
+        (
+            URL_ENV,
+            serve(HashMap::from([(
+                "cifar-10-binary.tar.gz".to_string(),
+                Reply::Whole(archive),
+            )])),
+        ),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    std::fs::create_dir(tmp.path().join("svhn")).unwrap();
+    let out = dropjit(&["data", "fetch", "cifar10", "--dir", dir], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("cifar10 is in"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = dropjit(&["data", "list", "--dir", dir], &[]);
+    let list = text(&out.stdout);
+    let line = |name: &str| {
+        list.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing: {list}"))
+            .to_string()
+    };
+    assert!(line("cifar10").ends_with("fetched and verified"), "{list}");
+    assert!(
+        line("svhn").contains("present (not fetched by dropjit"),
+        "{list}"
+    );
+    assert!(line("mnist").ends_with("absent"), "{list}");
 }
