@@ -4,10 +4,11 @@ use std::path::PathBuf;
 
 /// Where to get the data sets; quoted by [`DataError::NotFound`].
 pub const DOWNLOAD_HELP: &str = "\
+`dropjit data fetch cifar10|cifar100|svhn --dir DIR` downloads and verifies them; by hand: \
 CIFAR-10 / CIFAR-100: download the *binary* versions from https://www.cs.toronto.edu/~kriz/cifar.html \
 (cifar-10-binary.tar.gz or cifar-100-binary.tar.gz) and unpack them in DIR so that \
 DIR/cifar-10-batches-bin/ or DIR/cifar-100-binary/ exists (tar xzf cifar-10-binary.tar.gz -C DIR). \
-SVHN: download train_32x32.mat and test_32x32.mat from http://ufldl.stanford.edu/housenumbers/ into DIR. \
+SVHN: download train_32x32.mat and test_32x32.mat from http://ufldl.stanford.edu/housenumbers/ into DIR/svhn. \
 Point dropjit at DIR with --data DIR or the DROPJIT_DATA environment variable (default ./data).";
 
 /// Everything that can go wrong while locating, reading or validating a data set.
