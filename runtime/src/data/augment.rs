@@ -8,7 +8,7 @@
 
 use rand_core::Rng;
 
-use super::dataset::{IMAGE_LEN, PLANE, SIDE};
+use super::dataset::ImageShape;
 use super::normalize::NormStats;
 use super::order::{below, derive_rng, AUGMENT_STREAM};
 
@@ -64,34 +64,36 @@ pub fn draw_crop_flip(augment: &Augment, seed: u64, epoch: u64, position: u64) -
     }
 }
 
-/// Write the cropped, optionally mirrored and normalised CHW image to `out` (`IMAGE_LEN` f32).
+/// Write the cropped, optionally mirrored and normalised CHW image to `out`
+/// (`shape.len()` f32), for any channel count and size.
 pub fn crop_flip_normalize(
     raw: &[u8],
+    shape: ImageShape,
     draw: CropFlip,
     pad: usize,
     stats: &NormStats,
     out: &mut [f32],
 ) {
+    let (h, w, plane_len) = (shape.height, shape.width, shape.plane());
     assert_eq!(
         raw.len(),
-        IMAGE_LEN,
+        shape.len(),
         "crop_flip_normalize: raw image length"
     );
-    assert_eq!(out.len(), IMAGE_LEN, "crop_flip_normalize: output length");
-    let side = SIDE as isize;
-    for c in 0..IMAGE_LEN / PLANE {
-        let plane = &raw[c * PLANE..(c + 1) * PLANE];
-        for r in 0..SIDE {
+    assert_eq!(out.len(), shape.len(), "crop_flip_normalize: output length");
+    for c in 0..shape.channels {
+        let plane = &raw[c * plane_len..(c + 1) * plane_len];
+        for r in 0..h {
             let sr = (r + draw.dy) as isize - pad as isize;
-            for x in 0..SIDE {
-                let cx = if draw.flip { SIDE - 1 - x } else { x };
+            for x in 0..w {
+                let cx = if draw.flip { w - 1 - x } else { x };
                 let sc = (cx + draw.dx) as isize - pad as isize;
-                let v = if (0..side).contains(&sr) && (0..side).contains(&sc) {
-                    plane[(sr * side + sc) as usize]
+                let v = if (0..h as isize).contains(&sr) && (0..w as isize).contains(&sc) {
+                    plane[sr as usize * w + sc as usize]
                 } else {
                     0
                 };
-                let idx = c * PLANE + r * SIDE + x;
+                let idx = c * plane_len + r * w + x;
                 out[idx] = stats.apply(idx, v);
             }
         }

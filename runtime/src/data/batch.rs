@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use super::augment::{crop_flip_normalize, draw_crop_flip, Augment};
-use super::dataset::{Split, IMAGE_LEN};
+use super::dataset::Split;
 use super::normalize::NormStats;
 use super::order::epoch_order;
 
@@ -69,7 +69,7 @@ impl<'a> BatchLoader<'a> {
     }
 
     /// Fill one batch with the images at positions `start..start + B` of `order`, where
-    /// `B = out_labels.len()` and `out_images.len() == B * IMAGE_LEN`. Returns how many were
+    /// `B = out_labels.len()` and `out_images.len() == B * image length`. Returns how many were
     /// filled: `B`, or fewer at the end of `order` (the rest of the buffers is left untouched).
     pub fn fill_batch(
         &self,
@@ -79,16 +79,17 @@ impl<'a> BatchLoader<'a> {
         out_images: &mut [f32],
         out_labels: &mut [i32],
     ) -> usize {
+        let n = self.split.shape.len();
         assert_eq!(
             out_images.len(),
-            out_labels.len() * IMAGE_LEN,
+            out_labels.len() * n,
             "fill_batch: image buffer must hold out_labels.len() images"
         );
         let count = out_labels.len().min(order.len().saturating_sub(start));
         for i in 0..count {
             let pos = start + i;
             let index = order[pos] as usize;
-            let out = &mut out_images[i * IMAGE_LEN..(i + 1) * IMAGE_LEN];
+            let out = &mut out_images[i * n..(i + 1) * n];
             out_labels[i] = self.fill_image(index, pos as u64, epoch, out);
         }
         count
@@ -100,7 +101,7 @@ impl<'a> BatchLoader<'a> {
         match &self.augment {
             Some(aug) => {
                 let draw = draw_crop_flip(aug, self.seed, epoch, position);
-                crop_flip_normalize(raw, draw, aug.pad, self.stats, out);
+                crop_flip_normalize(raw, self.split.shape, draw, aug.pad, self.stats, out);
             }
             None => self.stats.normalize_image(raw, out),
         }
@@ -117,15 +118,16 @@ pub fn for_each_eval_batch<E>(
     mut f: impl FnMut(&[f32], &[i32]) -> Result<(), E>,
 ) -> Result<(), E> {
     let loader = BatchLoader::new(split, stats, None, 0);
-    let mut images = vec![0f32; batch_size * IMAGE_LEN];
+    let n = split.shape.len();
+    let mut images = vec![0f32; batch_size * n];
     let mut labels = vec![0i32; batch_size];
     for range in eval_batches(split.len(), batch_size) {
         let len = range.len();
         for (i, index) in range.enumerate() {
-            let out = &mut images[i * IMAGE_LEN..(i + 1) * IMAGE_LEN];
+            let out = &mut images[i * n..(i + 1) * n];
             labels[i] = loader.fill_image(index, index as u64, 0, out);
         }
-        f(&images[..len * IMAGE_LEN], &labels[..len])?;
+        f(&images[..len * n], &labels[..len])?;
     }
     Ok(())
 }

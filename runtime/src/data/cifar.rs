@@ -72,6 +72,7 @@ struct RecordFormat<'a> {
 
 fn new_split(num_classes: usize) -> Split {
     Split {
+        shape: super::dataset::ImageShape::RGB32,
         images: Vec::new(),
         labels: Vec::new(),
         num_classes,

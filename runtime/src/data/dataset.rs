@@ -8,9 +8,45 @@ use super::error::DataError;
 use super::locate::locate_dataset;
 use super::{cifar, svhn};
 
-/// Channels per image.
+/// Channels, height and width of every image of a data set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ImageShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ImageShape {
+    /// CIFAR-10/100 and SVHN.
+    pub const RGB32: ImageShape = ImageShape {
+        channels: CHANNELS,
+        height: SIDE,
+        width: SIDE,
+    };
+
+    /// Pixels per channel plane.
+    pub fn plane(&self) -> usize {
+        self.height * self.width
+    }
+
+    /// Bytes (and f32 values) per image, CHW.
+    pub fn len(&self) -> usize {
+        self.channels * self.plane()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `[C, H, W]`, as a model's image input declares it.
+    pub fn dims(&self) -> [usize; 3] {
+        [self.channels, self.height, self.width]
+    }
+}
+
+/// Channels per CIFAR / SVHN image.
 pub const CHANNELS: usize = 3;
-/// Height and width of every image.
+/// Height and width of every CIFAR / SVHN image.
 pub const SIDE: usize = 32;
 /// Pixels per channel plane.
 pub const PLANE: usize = SIDE * SIDE;
@@ -90,8 +126,9 @@ pub struct LoadOptions {
 /// One split (train or test) fully in memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Split {
-    /// `len() * IMAGE_LEN` bytes, each image CHW (R plane, G plane, B plane; rows top to bottom).
+    /// `len() * shape.len()` bytes, each image CHW (channel planes, rows top to bottom).
     pub images: Vec<u8>,
+    pub shape: ImageShape,
     /// One label per image, each `< num_classes`.
     pub labels: Vec<u8>,
     pub num_classes: usize,
@@ -110,7 +147,8 @@ impl Split {
 
     /// The CHW bytes of image `i`.
     pub fn image(&self, i: usize) -> &[u8] {
-        &self.images[i * IMAGE_LEN..(i + 1) * IMAGE_LEN]
+        let n = self.shape.len();
+        &self.images[i * n..(i + 1) * n]
     }
 
     /// How many images each class has.

@@ -39,8 +39,8 @@ pub use augment::{crop_flip_normalize, draw_crop_flip, Augment, CropFlip};
 pub use batch::{batches_per_epoch, eval_batches, for_each_eval_batch, BatchLoader, LastBatch};
 pub use cifar::{read_cifar10, read_cifar100, CIFAR100_RECORD, CIFAR10_RECORD};
 pub use dataset::{
-    load_dataset, Cifar100Labels, Dataset, DatasetKind, LoadOptions, Split, CHANNELS, IMAGE_LEN,
-    PLANE, SIDE,
+    load_dataset, Cifar100Labels, Dataset, DatasetKind, ImageShape, LoadOptions, Split, CHANNELS,
+    IMAGE_LEN, PLANE, SIDE,
 };
 pub use error::{DataError, DOWNLOAD_HELP};
 pub use locate::{

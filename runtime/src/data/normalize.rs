@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::dataset::{Split, CHANNELS, IMAGE_LEN, PLANE};
+use super::dataset::Split;
 
 /// How raw u8 pixels become network inputs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,15 +51,17 @@ impl FromStr for Normalization {
 /// Computed statistics; public so a run can save them in its config.
 #[derive(Clone, Debug, PartialEq)]
 pub enum NormStats {
-    /// `IMAGE_LEN` values (CHW), raw 0..255 scale.
+    /// One value per CHW position, raw 0..255 scale.
     MeanImage {
         mean: Vec<f32>,
     },
-    /// Per-channel (R, G, B) mean and population standard deviation on the 0..1 scale.
+    /// Per-channel mean and population standard deviation on the 0..1 scale.
     /// A zero deviation (constant channel) is stored as 1 so nothing divides by zero.
     ChannelMeanStd {
-        mean: [f32; CHANNELS],
-        std: [f32; CHANNELS],
+        mean: Vec<f32>,
+        std: Vec<f32>,
+        /// Pixels per channel plane: which channel a CHW position is in.
+        plane: usize,
     },
     None,
 }
@@ -68,10 +70,12 @@ impl NormStats {
     /// Compute the statistics of `norm` over the training split.
     pub fn compute(norm: Normalization, train: &Split) -> NormStats {
         let n = train.len().max(1) as f64;
+        let (image_len, plane, channels) =
+            (train.shape.len(), train.shape.plane(), train.shape.channels);
         match norm {
             Normalization::MeanImage => {
-                let mut sums = vec![0u64; IMAGE_LEN];
-                for img in train.images.chunks_exact(IMAGE_LEN) {
+                let mut sums = vec![0u64; image_len];
+                for img in train.images.chunks_exact(image_len) {
                     for (s, &v) in sums.iter_mut().zip(img) {
                         *s += u64::from(v);
                     }
@@ -81,27 +85,27 @@ impl NormStats {
                 }
             }
             Normalization::ChannelMeanStd => {
-                let mut sum = [0u64; CHANNELS];
-                let mut sq = [0u64; CHANNELS];
-                for img in train.images.chunks_exact(IMAGE_LEN) {
-                    for (c, plane) in img.chunks_exact(PLANE).enumerate() {
+                let mut sum = vec![0u64; channels];
+                let mut sq = vec![0u64; channels];
+                for img in train.images.chunks_exact(image_len) {
+                    for (c, plane) in img.chunks_exact(plane).enumerate() {
                         for &v in plane {
                             sum[c] += u64::from(v);
                             sq[c] += u64::from(v) * u64::from(v);
                         }
                     }
                 }
-                let count = n * PLANE as f64;
-                let mut mean = [0f32; CHANNELS];
-                let mut std = [1f32; CHANNELS];
-                for c in 0..CHANNELS {
+                let count = n * plane as f64;
+                let mut mean = vec![0f32; channels];
+                let mut std = vec![1f32; channels];
+                for c in 0..channels {
                     let m = sum[c] as f64 / count / 255.0;
                     let var = (sq[c] as f64 / count / (255.0 * 255.0) - m * m).max(0.0);
                     mean[c] = m as f32;
                     let s = var.sqrt() as f32;
                     std[c] = if s > 0.0 { s } else { 1.0 };
                 }
-                NormStats::ChannelMeanStd { mean, std }
+                NormStats::ChannelMeanStd { mean, std, plane }
             }
             Normalization::None => NormStats::None,
         }
@@ -120,8 +124,8 @@ impl NormStats {
     pub fn apply(&self, idx: usize, v: u8) -> f32 {
         match self {
             NormStats::MeanImage { mean } => f32::from(v) - mean[idx],
-            NormStats::ChannelMeanStd { mean, std } => {
-                let c = idx / PLANE;
+            NormStats::ChannelMeanStd { mean, std, plane } => {
+                let c = idx / plane;
                 (f32::from(v) / 255.0 - mean[c]) / std[c]
             }
             NormStats::None => f32::from(v) / 255.0,
@@ -130,8 +134,7 @@ impl NormStats {
 
     /// Normalise one CHW image without augmentation.
     pub fn normalize_image(&self, raw: &[u8], out: &mut [f32]) {
-        assert_eq!(raw.len(), IMAGE_LEN, "normalize_image: raw image length");
-        assert_eq!(out.len(), IMAGE_LEN, "normalize_image: output length");
+        assert_eq!(raw.len(), out.len(), "normalize_image: image lengths");
         for (i, (o, &v)) in out.iter_mut().zip(raw).enumerate() {
             *o = self.apply(i, v);
         }

@@ -77,6 +77,7 @@ pub(crate) fn svhn_from_bytes(
         }
     };
     Ok(Split {
+        shape: super::dataset::ImageShape::RGB32,
         images,
         labels,
         num_classes: 10,

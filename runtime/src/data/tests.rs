@@ -175,6 +175,7 @@ fn synthetic_split(n: usize, f: impl Fn(usize, usize) -> u8) -> Split {
     }
     Split {
         images,
+        shape: ImageShape::RGB32,
         labels: (0..n).map(|i| (i % 10) as u8).collect(),
         num_classes: 10,
         files: Vec::new(),
@@ -217,7 +218,7 @@ fn mini_cifar10_reads_and_validates() {
         );
     }
     // Channel statistics of natural images: means well inside (0.3, 0.6), deviations ~0.25.
-    if let NormStats::ChannelMeanStd { mean, std } =
+    if let NormStats::ChannelMeanStd { mean, std, .. } =
         NormStats::compute(Normalization::ChannelMeanStd, &ds.train)
     {
         assert!(mean.iter().all(|m| (0.3..0.6).contains(m)), "{mean:?}");
@@ -680,7 +681,7 @@ fn channel_mean_std_on_unit_scale() {
         }
     });
     let stats = NormStats::compute(Normalization::ChannelMeanStd, &split);
-    let NormStats::ChannelMeanStd { mean, std } = &stats else {
+    let NormStats::ChannelMeanStd { mean, std, .. } = &stats else {
         panic!()
     };
     let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
@@ -831,7 +832,14 @@ fn crop_geometry_padding_and_flip() {
 
         // Offset (4, 4) without flip is the normalised original.
         let mut out = vec![0f32; IMAGE_LEN];
-        crop_flip_normalize(raw, CropFlip::identity(4), 4, &stats, &mut out);
+        crop_flip_normalize(
+            raw,
+            ImageShape::RGB32,
+            CropFlip::identity(4),
+            4,
+            &stats,
+            &mut out,
+        );
         assert_eq!(out, plain, "{norm}");
 
         // Flip only mirrors columns.
@@ -840,7 +848,7 @@ fn crop_geometry_padding_and_flip() {
             dx: 4,
             flip: true,
         };
-        crop_flip_normalize(raw, flip, 4, &stats, &mut out);
+        crop_flip_normalize(raw, ImageShape::RGB32, flip, 4, &stats, &mut out);
         for (c, r, x) in [(0, 0, 0), (1, 17, 5), (2, 31, 31)] {
             assert_eq!(
                 out[at(c, r, x)],
@@ -855,7 +863,7 @@ fn crop_geometry_padding_and_flip() {
             dx: 0,
             flip: false,
         };
-        crop_flip_normalize(raw, corner, 4, &stats, &mut out);
+        crop_flip_normalize(raw, ImageShape::RGB32, corner, 4, &stats, &mut out);
         for c in 0..CHANNELS {
             assert_eq!(out[at(c, 0, 0)], stats.apply(at(c, 0, 0), 0));
             assert_eq!(out[at(c, 3, 20)], stats.apply(at(c, 3, 20), 0));

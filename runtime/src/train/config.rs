@@ -131,7 +131,7 @@ impl NormSummary {
                     std: vec![],
                 }
             }
-            NormStats::ChannelMeanStd { mean, std } => NormSummary {
+            NormStats::ChannelMeanStd { mean, std, .. } => NormSummary {
                 kind,
                 mean: mean.to_vec(),
                 std: std.to_vec(),

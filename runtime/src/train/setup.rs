@@ -8,8 +8,7 @@ use dropjit_graph::Graph;
 
 use super::error::TrainError;
 use crate::data::{
-    load_dataset, Dataset, DatasetKind, LoadOptions, NormStats, Normalization, Split, CHANNELS,
-    SIDE,
+    load_dataset, Dataset, DatasetKind, LoadOptions, NormStats, Normalization, Split,
 };
 
 /// The data of a run: both splits (after the limits) and the statistics of the
@@ -73,9 +72,10 @@ fn limit(split: &mut Split, n: Option<usize>, flag: &str, what: &str) -> Result<
     Ok(())
 }
 
-/// The model's image input must be 3x32x32 and its class count the data set's.
+/// The model's image input must be the data set's image shape, and its class
+/// count the data set's.
 pub fn check_fit(g: &Graph, ds: &Dataset) -> Result<(), TrainError> {
-    let want = [CHANNELS, SIDE, SIDE];
+    let want = ds.train.shape.dims();
     let dims = g.image_dims().unwrap_or(&[]);
     if dims != want {
         return Err(TrainError::Config(format!(

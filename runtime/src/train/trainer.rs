@@ -21,7 +21,7 @@ use super::metrics::{Accum, MetricsLog, Record};
 use super::progress::Progress;
 use super::setup::RunData;
 use super::summary::{Summary, FINAL_FILE, SUMMARY_FILE};
-use crate::data::{Augment, BatchLoader, IMAGE_LEN};
+use crate::data::{Augment, BatchLoader};
 use crate::engine::Engine;
 
 /// How a call to [`Trainer::run`] ended (divergence is an error).
@@ -96,7 +96,7 @@ impl Trainer<'_> {
         let session = Instant::now();
         let wall_before = state.wall_seconds;
         let mut last_checkpoint = state.iteration;
-        let mut images = vec![0f32; bs * IMAGE_LEN];
+        let mut images = vec![0f32; bs * self.data.dataset.train.shape.len()];
         let mut raw_labels = vec![0i32; bs];
         let mut labels = vec![0u32; bs];
         let mut order: Option<(usize, Vec<u32>)> = None;
