@@ -170,6 +170,11 @@ fn substitution_fixture_all_modes() {
 }
 
 #[test]
+fn lenet5_all_modes() {
+    all_modes("models/lenet5.json", 4);
+}
+
+#[test]
 fn convnet_quick_all_modes() {
     all_modes("models/convnet_quick.json", 3);
 }

@@ -218,3 +218,8 @@ fn convnet_quick_per_node() {
 fn resnet20_per_node() {
     all_modes("models/resnet20.json", 2);
 }
+
+#[test]
+fn lenet5_per_node() {
+    all_modes("models/lenet5.json", 4);
+}

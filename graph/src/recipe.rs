@@ -176,10 +176,11 @@ impl Recipe {
             }
         };
         let dataset = f.opt_str("dataset")?.unwrap_or("cifar10").to_string();
-        if !["cifar10", "cifar100", "svhn"].contains(&dataset.as_str()) {
+        const DATASETS: [&str; 5] = ["cifar10", "cifar100", "svhn", "mnist", "fashion-mnist"];
+        if !DATASETS.contains(&dataset.as_str()) {
             return Err(f.error(
                 "dataset",
-                format!("unknown dataset '{dataset}' (cifar10, cifar100, svhn)"),
+                format!("unknown dataset '{dataset}' ({})", DATASETS.join(", ")),
             ));
         }
         let recipe = Recipe {

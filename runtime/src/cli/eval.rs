@@ -30,7 +30,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub no_download: bool,
     /// Data set (default: the recipe's).
-    #[arg(long, value_parser = ["cifar10", "cifar100", "svhn"])]
+    #[arg(long, value_parser = ["cifar10", "cifar100", "svhn", "mnist", "fashion-mnist"])]
     pub dataset: Option<String>,
     /// Evaluation batch size [default: the recipe's].
     #[arg(long)]

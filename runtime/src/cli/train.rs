@@ -47,7 +47,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub no_download: bool,
     /// Data set (default: the recipe's).
-    #[arg(long, value_parser = ["cifar10", "cifar100", "svhn"])]
+    #[arg(long, value_parser = ["cifar10", "cifar100", "svhn", "mnist", "fashion-mnist"])]
     pub dataset: Option<String>,
     #[command(flatten)]
     pub dropout: DropoutArgs,

@@ -59,14 +59,18 @@ pub enum DatasetKind {
     Cifar10,
     Cifar100,
     Svhn,
+    Mnist,
+    FashionMnist,
 }
 
 impl DatasetKind {
     /// All kinds, in detection order.
-    pub const ALL: [DatasetKind; 3] = [
+    pub const ALL: [DatasetKind; 5] = [
         DatasetKind::Cifar10,
         DatasetKind::Cifar100,
         DatasetKind::Svhn,
+        DatasetKind::Mnist,
+        DatasetKind::FashionMnist,
     ];
 
     /// The CLI name: `cifar10`, `cifar100` or `svhn`.
@@ -75,6 +79,8 @@ impl DatasetKind {
             DatasetKind::Cifar10 => "cifar10",
             DatasetKind::Cifar100 => "cifar100",
             DatasetKind::Svhn => "svhn",
+            DatasetKind::Mnist => "mnist",
+            DatasetKind::FashionMnist => "fashion-mnist",
         }
     }
 
@@ -101,6 +107,8 @@ impl FromStr for DatasetKind {
             "cifar10" => Ok(DatasetKind::Cifar10),
             "cifar100" => Ok(DatasetKind::Cifar100),
             "svhn" => Ok(DatasetKind::Svhn),
+            "mnist" => Ok(DatasetKind::Mnist),
+            "fashionmnist" => Ok(DatasetKind::FashionMnist),
             _ => Err(DataError::UnknownKind(s.to_string())),
         }
     }
@@ -181,6 +189,7 @@ pub fn load_dataset(root: &Path, options: &LoadOptions) -> Result<Dataset, DataE
         DatasetKind::Cifar10 => cifar::read_cifar10(&dir)?,
         DatasetKind::Cifar100 => cifar::read_cifar100(&dir, options.cifar100_labels)?,
         DatasetKind::Svhn => svhn::read_svhn(&dir)?,
+        DatasetKind::Mnist | DatasetKind::FashionMnist => super::idx::read_idx_dataset(&dir)?,
     };
     Ok(Dataset {
         kind,

@@ -97,7 +97,7 @@ pub enum DataError {
     BadMat { path: PathBuf, detail: String },
 
     /// An unknown `--dataset` name.
-    #[error("unknown data set '{0}': expected cifar10, cifar100 or svhn")]
+    #[error("unknown data set '{0}': expected cifar10, cifar100, svhn, mnist or fashion-mnist")]
     UnknownKind(String),
 }
 

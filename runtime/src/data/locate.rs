@@ -19,6 +19,8 @@ impl DatasetKind {
             DatasetKind::Cifar10 => Some("cifar-10-batches-bin"),
             DatasetKind::Cifar100 => Some("cifar-100-binary"),
             DatasetKind::Svhn => Some("svhn"),
+            DatasetKind::Mnist => Some("mnist"),
+            DatasetKind::FashionMnist => Some("fashion-mnist"),
         }
     }
 
@@ -28,6 +30,11 @@ impl DatasetKind {
             DatasetKind::Cifar10 => &["data_batch_1.bin", "test_batch.bin"],
             DatasetKind::Cifar100 => &["train.bin", "test.bin"],
             DatasetKind::Svhn => &["train_32x32.mat", "test_32x32.mat"],
+            // MNIST and Fashion-MNIST share file names: a directory holding
+            // them directly is ambiguous unless --dataset names one.
+            DatasetKind::Mnist | DatasetKind::FashionMnist => {
+                &["train-images-idx3-ubyte", "train-images-idx3-ubyte.gz"]
+            }
         }
     }
 }

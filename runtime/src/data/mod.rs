@@ -1,7 +1,7 @@
-//! Data loading: CIFAR-10 / CIFAR-100 binary and SVHN (MAT v5) into memory, validation,
+//! Data loading: CIFAR-10 / CIFAR-100 binary, SVHN (MAT v5), MNIST / Fashion-MNIST (IDX) into memory, validation,
 //! normalisation, deterministic shuffling and augmentation, and batching.
 //!
-//! Images are held as u8 CHW (3x32x32, R G B planes, rows top to bottom) and handed to the
+//! Images are held as u8 CHW (channel planes, rows top to bottom; 3x32x32 or 1x28x28) and handed to the
 //! trainer as f32 NCHW with i32 labels. Shuffling and augmentation are pure functions of
 //! (seed, epoch, position in the epoch), so a resumed run regenerates the same batches
 //! without saved RNG state.
@@ -26,6 +26,7 @@ mod batch;
 mod cifar;
 mod dataset;
 mod error;
+mod idx;
 mod locate;
 mod mat;
 mod normalize;
@@ -43,6 +44,7 @@ pub use dataset::{
     IMAGE_LEN, PLANE, SIDE,
 };
 pub use error::{DataError, DOWNLOAD_HELP};
+pub use idx::{read_idx_dataset, IDX_FILES};
 pub use locate::{
     locate_dataset, resolve_data_dir, resolve_data_dir_from, DATA_ENV, DEFAULT_DATA_DIR,
 };
