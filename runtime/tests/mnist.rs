@@ -149,7 +149,8 @@ fn a_model_whose_image_shape_differs_from_the_data_names_both() {
 
 #[test]
 fn bad_idx_files_are_one_line_errors_naming_the_file() {
-    let cases: [(&str, Box<dyn Fn(&Path)>, &str); 4] = [
+    type Damage = Box<dyn Fn(&Path)>;
+    let cases: [(&str, Damage, &str); 4] = [
         (
             "truncated images",
             Box::new(|d: &Path| {
