@@ -341,6 +341,13 @@ class DropPoolBnAdd(nn.Module):
         return layer(self.fc, v).fwd
 
 
+def ratio_flags(a):
+    """The ratio flags the mode uses (dropjit refuses the others)."""
+    uses = {"plain": (), "standard": ("fwd",), "forward": ("fwd",), "backward": ("bwd",),
+            "augmented": ("fwd", "bwd")}[a.dropout]
+    return [x for r in uses for x in (f"--{r}", str(getattr(a, r)))]
+
+
 MODELS = {
     "convnet_quick": (ConvNetQuick, "models/convnet_quick.json"),
     "resnet20": (ResNet20, "models/resnet20.json"),
@@ -376,7 +383,7 @@ def main():
         save_file({"input": images, "label": labels}, b)
         run([a.dropjit, "grad", "--graph", graph, "--weights", w, "--batch", b, "--out", g,
              "--masks-out", m, "--seed", str(a.seed), "--step", str(a.step),
-             "--dropout", a.dropout, "--fwd", str(a.fwd), "--bwd", str(a.bwd)])
+             "--dropout", a.dropout] + ratio_flags(a))
         state = {k: torch.tensor(v) for k, v in load_file(w).items()}
         model.load_state_dict(state, strict=True)
         ours, mask_file = load_file(g), load_file(m)

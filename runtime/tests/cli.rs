@@ -174,6 +174,23 @@ fn bad_dropout_flags_are_rejected() {
             vec!["--dropout", "forward"],
             "--dropout forward needs --fwd",
         ),
+        // A ratio the mode does not use is refused, naming the flag.
+        (
+            vec!["--dropout", "standard", "--fwd", "0.2", "--bwd", "0.0001"],
+            "--bwd: --dropout standard does not use it",
+        ),
+        (
+            vec!["--dropout", "plain", "--fwd", "0.2"],
+            "--fwd: --dropout plain does not use it",
+        ),
+        (
+            vec!["--dropout", "backward", "--fwd", "0.2", "--bwd", "0.1"],
+            "--fwd: --dropout backward does not use it",
+        ),
+        (
+            vec!["--dropout", "forward", "--fwd", "0.2", "--bwd", "0.1"],
+            "--bwd: --dropout forward does not use it",
+        ),
     ] {
         let mut args = vec!["compile", "--graph", TINY, "--emit", "backward"];
         args.extend(flags);
@@ -328,8 +345,8 @@ fn grad_masks_out_writes_each_sites_forward_and_backward_mask() {
         dir.path().join("m.safetensors"),
     );
     write_batch(&b, &[2, 3, 8, 8], &[3, 9]);
-    let run = |mode: &str, fwd: &str, bwd: &str| {
-        let text = ok(&run_dropjit(&[
+    let run = |ratios: &[&str]| {
+        let mut args = vec![
             "grad",
             "--graph",
             FIXTURE,
@@ -339,17 +356,13 @@ fn grad_masks_out_writes_each_sites_forward_and_backward_mask() {
             g.to_str().unwrap(),
             "--masks-out",
             m.to_str().unwrap(),
-            "--dropout",
-            mode,
-            "--fwd",
-            fwd,
-            "--bwd",
-            bwd,
             "--seed",
             "6",
             "--step",
             "2",
-        ]));
+        ];
+        args.extend_from_slice(ratios);
+        let text = ok(&run_dropjit(&args));
         assert!(
             text.contains("F and B of 3 dropout sites written"),
             "{text}"
@@ -360,7 +373,7 @@ fn grad_masks_out_writes_each_sites_forward_and_backward_mask() {
         dropjit::tensors::Values::F32(v) => v.clone(),
         dropjit::tensors::Values::I64(_) => panic!("masks are f32"),
     };
-    let masks = run("augmented", "0.3", "0.2");
+    let masks = run(&["--dropout", "augmented", "--fwd", "0.3", "--bwd", "0.2"]);
     assert_eq!(masks.len(), 6);
     for (site, (name, shape)) in [
         ("drop1", vec![2, 4, 8, 8]),
@@ -400,10 +413,10 @@ fn grad_masks_out_writes_each_sites_forward_and_backward_mask() {
         );
     }
     // Forward mode: B is all ones; backward mode: F is.
-    let masks = run("forward", "0.3", "0");
+    let masks = run(&["--dropout", "forward", "--fwd", "0.3"]);
     assert!(values(&masks["drop2.B"]).iter().all(|&v| v == 1.0));
     assert!(values(&masks["drop2.F"]).contains(&0.0));
-    let masks = run("backward", "0", "0.3");
+    let masks = run(&["--dropout", "backward", "--bwd", "0.3"]);
     assert!(values(&masks["drop2.F"]).iter().all(|&v| v == 1.0));
     assert!(values(&masks["drop2.B"]).contains(&0.0));
 }

@@ -50,10 +50,32 @@ impl DropoutArgs {
             }
             Ok(())
         };
+        // A ratio the mode does not use would be silently ignored (and would
+        // name the run directory): refuse it.
+        let unused = |flag: &str, given: Option<f64>| -> Result<(), CliError> {
+            if given.is_some() {
+                return Err(format!(
+                    "{flag}: --dropout {} does not use it (augmented takes --fwd and --bwd)",
+                    mode.name()
+                )
+                .into());
+            }
+            Ok(())
+        };
         match mode {
-            DropoutMode::Standard | DropoutMode::Forward => needs("--fwd", self.fwd)?,
-            DropoutMode::Backward => needs("--bwd", self.bwd)?,
-            _ => {}
+            DropoutMode::Plain => {
+                unused("--fwd", self.fwd)?;
+                unused("--bwd", self.bwd)?;
+            }
+            DropoutMode::Standard | DropoutMode::Forward => {
+                needs("--fwd", self.fwd)?;
+                unused("--bwd", self.bwd)?;
+            }
+            DropoutMode::Backward => {
+                needs("--bwd", self.bwd)?;
+                unused("--fwd", self.fwd)?;
+            }
+            DropoutMode::Augmented => {}
         }
         Ok(DropoutConfig { mode, fwd, bwd })
     }
