@@ -381,7 +381,7 @@ def main():
         images = rng.standard_normal((a.batch,) + cls.image).astype(np.float32)
         labels = rng.integers(0, 10, a.batch).astype(np.int64)
         save_file({"input": images, "label": labels}, b)
-        run([a.dropjit, "grad", "--graph", graph, "--weights", w, "--batch", b, "--out", g,
+        run([a.dropjit, "grad", "--graph", graph, "--weights", w, "--batch-file", b, "--out", g,
              "--masks-out", m, "--seed", str(a.seed), "--step", str(a.step),
              "--dropout", a.dropout] + ratio_flags(a))
         state = {k: torch.tensor(v) for k, v in load_file(w).items()}

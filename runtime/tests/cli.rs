@@ -258,6 +258,12 @@ fn grad_writes_loss_and_every_gradient_with_pytorch_names() {
         "--seed",
         "4",
     ]));
+    // `init` does not overwrite a file unless told to.
+    let again = ["init", "--graph", TINY, "--out", w.to_str().unwrap()];
+    fails_with(&run_dropjit(&again), "exists; give --force to replace it");
+    ok(&run_dropjit(
+        &[&again[..], &["--force", "--seed", "4"]].concat(),
+    ));
     write_batch(&b, &[2, 3, 8, 8], &[3, 9]);
     let text = ok(&run_dropjit(&[
         "grad",
@@ -265,7 +271,7 @@ fn grad_writes_loss_and_every_gradient_with_pytorch_names() {
         TINY,
         "--weights",
         w.to_str().unwrap(),
-        "--batch",
+        "--batch-file",
         b.to_str().unwrap(),
         "--out",
         g.to_str().unwrap(),
@@ -294,7 +300,7 @@ fn grad_writes_loss_and_every_gradient_with_pytorch_names() {
             "grad",
             "--graph",
             TINY,
-            "--batch",
+            "--batch-file",
             b.to_str().unwrap(),
             "--out",
             g.to_str().unwrap(),
@@ -307,7 +313,7 @@ fn grad_writes_loss_and_every_gradient_with_pytorch_names() {
             "grad",
             "--graph",
             TINY,
-            "--batch",
+            "--batch-file",
             b.to_str().unwrap(),
             "--out",
             g.to_str().unwrap(),
@@ -323,7 +329,7 @@ fn grad_writes_loss_and_every_gradient_with_pytorch_names() {
             TINY,
             "--weights",
             w.to_str().unwrap(),
-            "--batch",
+            "--batch-file",
             b.to_str().unwrap(),
             "--out",
             g.to_str().unwrap(),
@@ -350,7 +356,7 @@ fn grad_masks_out_writes_each_sites_forward_and_backward_mask() {
             "grad",
             "--graph",
             FIXTURE,
-            "--batch",
+            "--batch-file",
             b.to_str().unwrap(),
             "--out",
             g.to_str().unwrap(),

@@ -21,9 +21,9 @@ pub struct GradArgs {
     /// Weights (safetensors, PyTorch names); default: the model's initialisation with --seed.
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// The batch: `input` f32 [N,C,H,W] and `label` integers [N].
-    #[arg(long)]
-    pub batch: PathBuf,
+    /// The batch (safetensors): `input` f32 [N,C,H,W] and `label` integers [N].
+    #[arg(long, value_name = "B.safetensors")]
+    pub batch_file: PathBuf,
     /// Where to write the gradients (and `loss`).
     #[arg(long)]
     pub out: PathBuf,
@@ -50,15 +50,15 @@ pub fn run_grad(args: &GradArgs) -> Result<ExitCode, CliError> {
         Some(w) => crate::weights::load(&g, w)?,
         None => dropjit_graph::init::init_params(&g, args.seed),
     };
-    let mut batch = tensors::read(&args.batch)?;
+    let mut batch = tensors::read(&args.batch_file)?;
     let labels_t = batch
         .remove("label")
-        .ok_or_else(|| format!("{}: tensor 'label' is missing", args.batch.display()))?;
+        .ok_or_else(|| format!("{}: tensor 'label' is missing", args.batch_file.display()))?;
     let n = labels_t.shape.first().copied().unwrap_or(0);
     if labels_t.shape.len() != 1 || n == 0 {
         return Err(format!(
             "{}: tensor 'label' must have shape [N] with N >= 1, got {:?}",
-            args.batch.display(),
+            args.batch_file.display(),
             labels_t.shape
         )
         .into());
@@ -75,7 +75,7 @@ pub fn run_grad(args: &GradArgs) -> Result<ExitCode, CliError> {
                     .ok_or_else(|| {
                         format!(
                             "{}: label[{i}] = {l} is outside 0..{classes}",
-                            args.batch.display()
+                            args.batch_file.display()
                         )
                     })
             })
@@ -83,14 +83,14 @@ pub fn run_grad(args: &GradArgs) -> Result<ExitCode, CliError> {
         Values::F32(_) => {
             return Err(format!(
                 "{}: tensor 'label' must hold integers",
-                args.batch.display()
+                args.batch_file.display()
             )
             .into())
         }
     };
     let mut shape = vec![n];
     shape.extend_from_slice(g.image_dims().unwrap_or(&[]));
-    let images = tensors::take_f32(&mut batch, &args.batch, "input", &shape)?;
+    let images = tensors::take_f32(&mut batch, &args.batch_file, "input", &shape)?;
 
     let bwd = backward(&g, &dropout)?;
     let images64: Vec<f64> = images.iter().map(|&v| v as f64).collect();
@@ -170,12 +170,19 @@ pub struct InitArgs {
     /// Where to write the initial weights (safetensors, PyTorch names).
     #[arg(long)]
     pub out: PathBuf,
+    /// Seed of the initialisation (as `train --seed`).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run_init(args: &InitArgs) -> Result<ExitCode, CliError> {
     let g = args.graph.load()?;
+    if args.out.exists() && !args.force {
+        return Err(format!("{} exists; give --force to replace it", args.out.display()).into());
+    }
     let params = dropjit_graph::init::init_params(&g, args.seed);
     crate::weights::save(&g, &params, 0, &args.out)?;
     println!(
