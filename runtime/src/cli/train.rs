@@ -105,7 +105,8 @@ pub struct TrainArgs {
     /// Evaluate on the test set every N iterations [default: once per epoch].
     #[arg(long)]
     pub eval_every: Option<usize>,
-    /// Write a training record to metrics.jsonl every N iterations [default: min(100, epoch)].
+    /// Write a training record to metrics.jsonl (and, when stderr is not a terminal, a
+    /// progress line to stderr) every N iterations [default: min(100, epoch)].
     #[arg(long)]
     pub log_every: Option<usize>,
     /// Also checkpoint every N iterations (always: every epoch and at the end).

@@ -1,5 +1,7 @@
 //! What a person watching sees: an indicatif bar on stderr when it is a
-//! terminal, and plain lines on stdout (one per epoch) always.
+//! terminal, else a plain line on stderr every `--log-every` iterations (a
+//! redirected log shows progress long before the first epoch ends), and plain
+//! lines on stdout (one per epoch) always.
 
 use std::io::IsTerminal;
 
@@ -48,6 +50,14 @@ impl Progress {
         match &self.bar {
             Some(bar) => bar.suspend(|| println!("{text}")),
             None => println!("{text}"),
+        }
+    }
+
+    /// Progress for a log that is not a terminal: a line on stderr. (On a
+    /// terminal the bar shows the same.)
+    pub fn log_line(&self, text: &str) {
+        if self.bar.is_none() {
+            eprintln!("{text}");
         }
     }
 

@@ -157,6 +157,13 @@ impl Trainer<'_> {
             );
 
             if done % cfg.log_every == 0 {
+                progress.log_line(&format!(
+                    "iteration {done}/{total}  epoch {}/{}  loss {:.4}  {:.0} img/s",
+                    epoch + 1,
+                    self.epochs(),
+                    state.interval_stats.loss(),
+                    state.interval_stats.images_per_second()
+                ));
                 metrics.write(&self.record("train", &state.interval_stats, &state, lr))?;
                 state.interval_stats = Accum::default();
             }
