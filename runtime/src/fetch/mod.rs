@@ -185,14 +185,18 @@ pub fn manual_help(source: Source, root: &Path) -> String {
         .iter()
         .map(|f| format!("{}/{}", source.base_url(), f.name))
         .collect();
+    let dest = root.join(source.dir());
     let how = match source.unpack() {
-        Unpack::TarGz { .. } => format!("unpack it in {} (tar xzf FILE -C DIR)", root.display()),
-        Unpack::Gunzip => format!("gunzip them into {}", root.join(source.dir()).display()),
-        Unpack::AsIs => format!("put them in {}", root.join(source.dir()).display()),
+        Unpack::TarGz { .. } => format!(
+            "unpack it with tar xzf FILE -C {} so that {} exists",
+            root.display(),
+            dest.display()
+        ),
+        Unpack::Gunzip => format!("gunzip them into {}", dest.display()),
+        Unpack::AsIs => format!("put them in {}", dest.display()),
     };
     format!(
-        "download {} and {how} so that {} exists, or point --data at a copy",
-        urls.join(", "),
-        root.join(source.dir()).display()
+        "Without a network: download {} and {how}, or point --data at a copy",
+        urls.join(", ")
     )
 }
