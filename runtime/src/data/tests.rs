@@ -635,8 +635,12 @@ fn dataset_kind_names() {
         "CIFAR-10".parse::<DatasetKind>().unwrap(),
         DatasetKind::Cifar10
     );
+    assert_eq!(
+        "Fashion_MNIST".parse::<DatasetKind>().unwrap(),
+        DatasetKind::FashionMnist
+    );
     assert!(matches!(
-        "mnist".parse::<DatasetKind>(),
+        "imagenet".parse::<DatasetKind>(),
         Err(DataError::UnknownKind(_))
     ));
     for n in [
@@ -915,4 +919,43 @@ fn batch_counts_and_eval_batches_keep_the_last() {
     .unwrap();
     assert_eq!(sizes, vec![4, 4, 2]);
     assert_eq!(labels.len(), 10);
+}
+
+/// Crop and flip work on any shape: a 1x28x28 image shifted by the crop and
+/// mirrored by the flip, zero (then normalised) where the crop leaves the image.
+#[test]
+fn crop_flip_on_a_single_channel_28x28_image() {
+    let shape = ImageShape {
+        channels: 1,
+        height: 28,
+        width: 28,
+    };
+    let raw: Vec<u8> = (0..784).map(|i| (i % 251) as u8).collect();
+    let stats = NormStats::None;
+    let mut out = vec![0f32; 784];
+    // pad 2, crop offset (dy, dx) = (3, 1): output (r, x) reads input (r + 1, x - 1).
+    let draw = CropFlip {
+        dy: 3,
+        dx: 1,
+        flip: false,
+    };
+    crop_flip_normalize(&raw, shape, draw, 2, &stats, &mut out);
+    for r in 0..28 {
+        for x in 0..28 {
+            let (sr, sc) = (r as isize + 1, x as isize - 1);
+            let want = if (0..28).contains(&sr) && (0..28).contains(&sc) {
+                raw[sr as usize * 28 + sc as usize] as f32 / 255.0
+            } else {
+                0.0
+            };
+            assert_eq!(out[r * 28 + x], want, "({r}, {x})");
+        }
+    }
+    let flip = CropFlip {
+        dy: 2,
+        dx: 2,
+        flip: true,
+    };
+    crop_flip_normalize(&raw, shape, flip, 2, &stats, &mut out);
+    assert_eq!(out[5 * 28], raw[5 * 28 + 27] as f32 / 255.0);
 }
