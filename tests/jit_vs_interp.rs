@@ -379,3 +379,24 @@ fn both_engines_reject_labels_out_of_range() {
         assert!(err.contains("out of range"), "{kind:?}: {err}");
     }
 }
+
+/// A graph whose logits are its flattened image (no parameters, nothing in
+/// the arena): the JIT's outputs are the image itself, read from the batch
+/// the step ran on, never from outside the arena.
+#[test]
+fn outputs_outside_the_arena_read_the_right_values() {
+    let g = model("tests/fixtures/no_params.json");
+    for kind in [EngineKind::Jit, EngineKind::Interp] {
+        let mut e = engine(kind, &g, DropoutConfig::PLAIN, 2);
+        let images: Vec<f32> = (0..3 * 10).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let labels = [1u32, 7, 9];
+        let (loss, logits) = e.eval_batch(&images, &labels).expect("eval");
+        assert_eq!(logits, images, "{kind:?} eval logits");
+        let (step_loss, step_logits) = e.train_step(&images, &labels, 0, 0.1).expect("step");
+        assert_eq!(step_logits, images, "{kind:?} step logits");
+        assert!(
+            loss.is_finite() && loss == step_loss,
+            "{kind:?}: {loss} {step_loss}"
+        );
+    }
+}

@@ -23,21 +23,42 @@ struct Arena {
     ptr: *mut f32,
     base: *mut u8,
     layout: std::alloc::Layout,
+    elems: usize,
 }
 
 impl Arena {
-    fn new(elems: usize) -> Self {
+    /// An error, not an abort, when the size overflows or the system refuses.
+    fn new(elems: usize) -> Result<Self, CodegenError> {
+        let too_big = || {
+            CodegenError::Unsupported(format!(
+                "cannot allocate an arena of {elems} values ({:.1} GiB)",
+                elems as f64 * 4.0 / (1u64 << 30) as f64
+            ))
+        };
         // Alignment 16 keeps the system's calloc path (lazily zeroed pages);
         // 64 extra bytes let the start be rounded up to a cache line.
-        let layout = std::alloc::Layout::from_size_align(elems.max(16) * 4 + 64, 16)
-            .expect("arena size fits");
+        let bytes = elems
+            .max(16)
+            .checked_mul(4)
+            .and_then(|b| b.checked_add(64))
+            .ok_or_else(too_big)?;
+        let layout = std::alloc::Layout::from_size_align(bytes, 16).map_err(|_| too_big())?;
         // SAFETY: non-zero size; freed with the same layout in Drop.
         let base = unsafe { std::alloc::alloc_zeroed(layout) };
         if base.is_null() {
-            std::alloc::handle_alloc_error(layout);
+            return Err(too_big());
         }
         let ptr = base.wrapping_add(base.align_offset(64)) as *mut f32;
-        Arena { ptr, base, layout }
+        Ok(Arena {
+            ptr,
+            base,
+            layout,
+            elems,
+        })
+    }
+
+    fn elems(&self) -> usize {
+        self.elems
     }
 }
 
@@ -74,6 +95,10 @@ pub struct CompiledGraph {
     funcs: Vec<KernelFn>,
     pub schedule: Schedule,
     outputs: Vec<(String, BufRef)>,
+    /// Per output: a copy taken after each run when the output is not an
+    /// arena buffer (a graph whose logits are its flattened image, or a
+    /// parameter), so reading it never looks outside the arena.
+    detached: Vec<Option<Vec<f32>>>,
     /// Arena buffers of node values, kept for [`CompiledGraph::node_value`]
     /// (empty unless compiled with `keep_values`).
     node_buffers: Vec<(NodeId, BufRef)>,
@@ -186,7 +211,7 @@ pub fn compile(
         .filter_map(|&h| module.clif(h).map(str::to_string))
         .collect();
     let t_jit = t0.elapsed();
-    let arena = Arena::new(schedule.arena_elems);
+    let arena = Arena::new(schedule.arena_elems)?;
     if std::env::var_os("DROPJIT_TIMING").is_some() {
         eprintln!(
             "compile: lower {:?}, plan {:?}, jit {:?}, arena {:?}",
@@ -213,6 +238,7 @@ pub fn compile(
         table,
         funcs,
         schedule,
+        detached: vec![None; lowered.outputs.len()],
         outputs: lowered.outputs,
         node_buffers,
         arena,
@@ -693,6 +719,7 @@ impl CompiledGraph {
                     self.table.as_ptr(),
                 )
             };
+            self.detach_outputs(state, images, &labels_bits);
             return Ok(());
         }
         // Profiling: the same launches from Rust, timed one by one.
@@ -726,35 +753,61 @@ impl CompiledGraph {
                 p[li] += t0.elapsed().as_secs_f64();
             }
         }
+        self.detach_outputs(state, images, &labels_bits);
         Ok(())
+    }
+
+    /// Copies the outputs that live outside the arena (see `detached`).
+    fn detach_outputs(&mut self, state: &[f32], images: &[f32], labels_bits: &[f32]) {
+        for (i, (_, b)) in self.outputs.iter().enumerate() {
+            let buf = self.schedule.buffer(*b);
+            let source = match buf.kind {
+                BufKind::Temp | BufKind::View { .. } => continue,
+                BufKind::State { offset } => &state[offset..offset + buf.elems],
+                BufKind::Image => &images[..buf.elems],
+                BufKind::Labels => &labels_bits[..buf.elems],
+            };
+            self.detached[i] = Some(source.to_vec());
+        }
     }
 
     /// A named output (`loss`, `logits`) of the last run.
     pub fn output(&self, name: &str) -> Option<&[f32]> {
-        let (_, b) = self.outputs.iter().find(|(n, _)| n == name)?;
-        Some(self.arena_buffer(*b))
+        let i = self.outputs.iter().position(|(n, _)| n == name)?;
+        match &self.detached[i] {
+            Some(copy) => Some(copy),
+            None => self.arena_buffer(self.outputs[i].1),
+        }
     }
 
     /// Node `id`'s value in the last run, if the step materialised it in the
     /// arena and was compiled with `keep_values` (see [`kept_values`]).
     pub fn node_value(&self, id: NodeId) -> Option<&[f32]> {
         let (_, b) = self.node_buffers.iter().find(|(n, _)| *n == id)?;
-        Some(self.arena_buffer(*b))
+        self.arena_buffer(*b)
     }
 
     /// A pinned arena buffer or a view into one (outputs, or any buffer
-    /// under `keep_values`).
-    fn arena_buffer(&self, b: BufRef) -> &[f32] {
+    /// under `keep_values`); `None` for a buffer that is not in the arena.
+    fn arena_buffer(&self, b: BufRef) -> Option<&[f32]> {
         let buf = self.schedule.buffer(b);
         let home = match buf.kind {
             BufKind::View { of, .. } => self.schedule.buffer(of),
             _ => buf,
         };
-        debug_assert!(home.kind == BufKind::Temp && home.pinned);
+        if home.kind != BufKind::Temp {
+            return None;
+        }
+        // Checked, not assumed: this is the one place safe code reads the arena.
+        assert!(
+            home.pinned && buf.offset + buf.elems <= self.arena.elems(),
+            "{} is not a kept arena buffer",
+            buf.name
+        );
         let arena = self.arena.ptr as *const f32;
         // SAFETY: a pinned arena buffer lies inside the verified arena and no
         // later launch of the step reuses its memory.
-        unsafe { std::slice::from_raw_parts(arena.add(buf.offset), buf.elems) }
+        Some(unsafe { std::slice::from_raw_parts(arena.add(buf.offset), buf.elems) })
     }
 
     /// Starts timing every launch (a little overhead per launch).

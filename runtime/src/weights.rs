@@ -23,12 +23,15 @@ pub fn load(g: &Graph, path: &Path) -> Result<Vec<Vec<f32>>, TensorFileError> {
         return Err(TensorFileError::Unexpected {
             path: path.to_path_buf(),
             name: name.clone(),
-            hint: format!(
-                "model {} has {} tensors, e.g. {}",
-                g.name,
-                g.params.len(),
-                g.params[0].name
-            ),
+            hint: match g.params.first() {
+                Some(first) => format!(
+                    "model {} has {} tensors, e.g. {}",
+                    g.name,
+                    g.params.len(),
+                    first.name
+                ),
+                None => format!("model {} has no parameters", g.name),
+            },
         });
     }
     Ok(params)

@@ -426,3 +426,37 @@ fn grad_masks_out_writes_each_sites_forward_and_backward_mask() {
     assert!(values(&masks["drop2.F"]).iter().all(|&v| v == 1.0));
     assert!(values(&masks["drop2.B"]).contains(&0.0));
 }
+
+/// A weights file with tensors, given for a graph without parameters: an
+/// error naming the stray tensor, not an index panic.
+#[test]
+fn weights_for_a_graph_without_parameters_name_the_stray_tensor() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (w, b, g) = (
+        dir.path().join("w.safetensors"),
+        dir.path().join("b.safetensors"),
+        dir.path().join("g.safetensors"),
+    );
+    ok(&run_dropjit(&[
+        "init",
+        "--graph",
+        TINY,
+        "--out",
+        w.to_str().unwrap(),
+    ]));
+    write_batch(&b, &[2, 10, 1, 1], &[3, 9]);
+    fails_with(
+        &run_dropjit(&[
+            "grad",
+            "--graph",
+            "tests/fixtures/no_params.json",
+            "--weights",
+            w.to_str().unwrap(),
+            "--batch-file",
+            b.to_str().unwrap(),
+            "--out",
+            g.to_str().unwrap(),
+        ]),
+        "model no_params has no parameters",
+    );
+}
