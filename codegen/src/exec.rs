@@ -141,6 +141,7 @@ pub fn compile(
             "batch size must be at least 1".into(),
         ));
     }
+    check_tensor_sizes(g, batch)?;
     let isa = match opts.isa {
         Some(isa) => isa,
         None => ConvIsa::selected().map_err(CodegenError::Unsupported)?,
@@ -211,6 +212,7 @@ pub fn compile(
         .filter_map(|&h| module.clif(h).map(str::to_string))
         .collect();
     let t_jit = t0.elapsed();
+    check_planned_memory(g, batch, &schedule, layout)?;
     let arena = Arena::new(schedule.arena_elems)?;
     if std::env::var_os("DROPJIT_TIMING").is_some() {
         eprintln!(
@@ -311,11 +313,43 @@ pub fn plan_text(
     layout: &StateLayout,
     isa: ConvIsa,
 ) -> Result<String, CodegenError> {
+    if batch == 0 {
+        return Err(CodegenError::Unsupported(
+            "batch size must be at least 1".into(),
+        ));
+    }
+    check_tensor_sizes(g, batch)?;
     let lowered = lower(g, batch, layout, isa)?;
     let mut schedule = lowered.schedule;
     plan_memory(&mut schedule)?;
+    check_planned_memory(g, batch, &schedule, layout)?;
     verify(&schedule, &lowered.kernels, layout)?;
     Ok(schedule.text())
+}
+
+/// Before any size is computed: no tensor alone may exceed the graph's memory
+/// limit at `batch`, so no size derived from one overflows.
+fn check_tensor_sizes(g: &Graph, batch: usize) -> Result<(), CodegenError> {
+    dropjit_graph::format::check_tensor_sizes(g, batch)
+        .map_err(|e| CodegenError::Unsupported(e.to_string()))
+}
+
+/// The memory limit applies at the batch actually compiled: arena and state.
+fn check_planned_memory(
+    g: &Graph,
+    batch: usize,
+    schedule: &Schedule,
+    layout: &StateLayout,
+) -> Result<(), CodegenError> {
+    let need = (schedule.arena_elems as u128 + layout.len as u128) * 4;
+    if need > g.memory_limit_bytes as u128 {
+        return Err(CodegenError::Unsupported(format!(
+            "at batch {batch} the step needs {:.2} GiB (arena and state), over the memory limit of {:.2} GiB",
+            need as f64 / (1u64 << 30) as f64,
+            g.memory_limit_bytes as f64 / (1u64 << 30) as f64
+        )));
+    }
+    Ok(())
 }
 
 fn entry_signature(m: &KernelModule) -> cranelift_codegen::ir::Signature {
@@ -908,5 +942,20 @@ impl CompiledGraph {
     #[doc(hidden)]
     pub fn module(&self) -> &CompiledModule {
         &self.module
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Arena;
+
+    #[test]
+    fn an_arena_too_large_to_exist_is_an_error_not_an_abort() {
+        let err = Arena::new(usize::MAX / 2).err().expect("refused");
+        assert!(
+            err.to_string().contains("cannot allocate an arena"),
+            "{err}"
+        );
+        assert_eq!(Arena::new(1000).expect("small arena").elems(), 1000);
     }
 }

@@ -97,6 +97,7 @@ pub fn parse(text: &str, origin: &str, opts: LoadOptions) -> Result<Graph> {
             layers: Vec::new(),
             outputs: Vec::new(),
             recipe,
+            memory_limit_bytes: opts.memory_limit_bytes,
         },
         by_name: HashMap::new(),
         node_names: std::collections::HashSet::new(),
@@ -107,7 +108,7 @@ pub fn parse(text: &str, origin: &str, opts: LoadOptions) -> Result<Graph> {
     b.layers(decls)?;
     b.outputs(&top)?;
     top.finish()?;
-    check_memory(&b.graph, opts)?;
+    check_memory_at(&b.graph, b.graph.recipe.batch_size)?;
     Ok(b.graph)
 }
 
@@ -789,10 +790,41 @@ pub fn training_bytes_estimate(g: &Graph, batch: usize) -> u128 {
     4 * (3 * acts * batch as u128 + 3 * params)
 }
 
-fn check_memory(g: &Graph, opts: LoadOptions) -> Result<()> {
-    let batch = g.recipe.batch_size;
+/// Checks that every tensor of `g` at `batch` fits the memory limit on its
+/// own, so that no size computed from it later can overflow. Every place that
+/// picks a batch (load at the recipe's, the compiler, the interpreter) calls
+/// it before anything else, so `--batch` cannot slip past the limit.
+pub fn check_tensor_sizes(g: &Graph, batch: usize) -> Result<()> {
+    let limit = g.memory_limit_bytes as u128;
+    for n in &g.nodes {
+        let per_item =
+            n.ty.dims
+                .iter()
+                .try_fold(1u128, |a, &d| a.checked_mul(d as u128));
+        let bytes = per_item
+            .and_then(|e| e.checked_mul(if n.ty.batched { batch as u128 } else { 1 }))
+            .and_then(|e| e.checked_mul(4));
+        if bytes.is_none_or(|b| b > limit) {
+            return Err(GraphError::node(
+                &n.name,
+                format!(
+                    "{} at batch {batch} alone exceeds the memory limit of {:.2} GiB",
+                    n.ty,
+                    limit as f64 / (1u64 << 30) as f64
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// [`check_tensor_sizes`], then the estimate of a training step on the
+/// forward graph `g` at `batch` against the limit.
+pub fn check_memory_at(g: &Graph, batch: usize) -> Result<()> {
+    check_tensor_sizes(g, batch)?;
+    let limit = g.memory_limit_bytes as u128;
     let need = training_bytes_estimate(g, batch);
-    if need > opts.memory_limit_bytes as u128 {
+    if need > limit {
         let biggest = g
             .nodes
             .iter()
@@ -806,7 +838,7 @@ fn check_memory(g: &Graph, opts: LoadOptions) -> Result<()> {
         return Err(GraphError::graph(format!(
             "training buffers would need about {:.2} GiB at batch {batch}, over the memory limit of {:.2} GiB{biggest}",
             need as f64 / (1u64 << 30) as f64,
-            opts.memory_limit_bytes as f64 / (1u64 << 30) as f64
+            limit as f64 / (1u64 << 30) as f64
         )));
     }
     Ok(())

@@ -100,6 +100,8 @@ pub fn grad_check(
     opts: &GradCheckOptions,
 ) -> Result<GradCheckReport> {
     let bwd = backward(fwd, &opts.dropout)?;
+    // Before the random batch is made: it and every value must fit the limit.
+    crate::interp::check_interpreter_memory::<f64>(&bwd, opts.batch)?;
     let mut loss_graph = bwd.clone();
     loss_graph.outputs.retain(|(n, _)| n == "loss");
     let loss_graph = crate::dce::eliminate_dead(&loss_graph);

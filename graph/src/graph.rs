@@ -129,6 +129,9 @@ pub struct Graph {
     /// in a backward graph.
     pub outputs: Vec<(String, NodeId)>,
     pub recipe: Recipe,
+    /// The memory limit the graph was loaded with (`LoadOptions`); derived
+    /// graphs inherit it, and compiling or interpreting at any batch checks it.
+    pub memory_limit_bytes: u64,
 }
 
 impl Graph {
@@ -257,6 +260,7 @@ impl Graph {
             layers: Vec::new(),
             outputs: Vec::new(),
             recipe: self.recipe.clone(),
+            memory_limit_bytes: self.memory_limit_bytes,
         }
     }
 

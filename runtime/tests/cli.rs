@@ -460,3 +460,36 @@ fn weights_for_a_graph_without_parameters_name_the_stray_tensor() {
         "model no_params has no parameters",
     );
 }
+
+/// The memory limit applies at the batch actually used, and a batch that
+/// would overflow a size is refused before any size is computed.
+#[test]
+fn memory_limit_applies_at_the_batch_actually_used() {
+    let resnet = "models/resnet20.json";
+    for (args, fragment) in [
+        (
+            vec!["compile", "--graph", resnet, "--emit", "plan", "--batch", "100000"],
+            "at batch 100000 the step needs 143.44 GiB (arena and state), over the memory limit of 8.00 GiB",
+        ),
+        (
+            vec!["bench", "--graph", resnet, "--batch", "18014398509481985"],
+            "node 'image': f32[N,3,32,32] at batch 18014398509481985 alone exceeds the memory limit",
+        ),
+        (
+            vec!["gradcheck", "--graph", resnet, "--batch", "1000000"],
+            "alone exceeds the memory limit of 8.00 GiB",
+        ),
+        (
+            vec![
+                "compile", "--graph", resnet, "--emit", "plan", "--batch", "128",
+                "--memory-limit-gib", "0.1",
+            ],
+            "over the memory limit of 0.10 GiB",
+        ),
+    ] {
+        fails_with(&run_dropjit(&args), fragment);
+    }
+    ok(&run_dropjit(&[
+        "compile", "--graph", resnet, "--emit", "plan", "--batch", "128",
+    ]));
+}

@@ -101,6 +101,7 @@ pub fn run_observed<T: Real>(
 ) -> Result<Values<T>> {
     let n = inp.batch;
     check_inputs(g, state, inp)?;
+    check_interpreter_memory::<T>(g, n)?;
     let mut values: Vec<Option<Vec<T>>> = Vec::with_capacity(g.nodes.len());
     for id in g.ids() {
         let node = g.node(id);
@@ -480,6 +481,26 @@ fn check_inputs<T: Real>(g: &Graph, state: &State<T>, inp: &Inputs<T>) -> Result
                 p.elems()
             )));
         }
+    }
+    Ok(())
+}
+
+/// The interpreter keeps every value of a run: their total at batch `n` (in
+/// `T`) must fit the graph's memory limit. Checked before anything is allocated.
+pub(crate) fn check_interpreter_memory<T>(g: &Graph, n: usize) -> Result<()> {
+    crate::format::check_tensor_sizes(g, n)?;
+    let total: u128 = g
+        .nodes
+        .iter()
+        .map(|node| node.ty.elems_per_item() as u128 * if node.ty.batched { n as u128 } else { 1 })
+        .sum::<u128>()
+        * std::mem::size_of::<T>() as u128;
+    if total > g.memory_limit_bytes as u128 {
+        return Err(GraphError::graph(format!(
+            "the interpreter would hold {:.2} GiB at batch {n}, over the memory limit of {:.2} GiB",
+            total as f64 / (1u64 << 30) as f64,
+            g.memory_limit_bytes as f64 / (1u64 << 30) as f64
+        )));
     }
     Ok(())
 }
