@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod durable;
 pub mod engine;
 pub mod fetch;
 pub mod jit_engine;

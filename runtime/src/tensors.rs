@@ -187,11 +187,8 @@ pub fn write(
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    let tmp = path.with_extension("safetensors.tmp");
-    let werr = |source| TensorFileError::Write {
+    crate::durable::write(path, &data).map_err(|source| TensorFileError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    std::fs::write(&tmp, &data).map_err(werr)?;
-    std::fs::rename(&tmp, path).map_err(werr)
+    })
 }

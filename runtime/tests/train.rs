@@ -726,3 +726,99 @@ fn progress_bar_draws_on_a_terminal_and_stays_out_of_logs() {
         );
     }
 }
+
+/// Every checkpoint file is fsynced before it is renamed into place, and the
+/// run directory after: a power loss cannot leave a committed `state.json`
+/// pointing at data the disk does not hold. Observed with strace.
+#[test]
+fn checkpoint_files_are_fsynced_before_and_after_their_rename() {
+    if !Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("checkpoint fsync test: skipped: strace is not installed");
+        return;
+    }
+    let (_data_dir, data) = test_data();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let mut args = vec![
+        "-f".to_string(),
+        "-e".into(),
+        "trace=openat,fsync,rename,renameat,renameat2,close".into(),
+        "-o".into(),
+        "trace.txt".into(),
+        env!("CARGO_BIN_EXE_dropjit").into(),
+    ];
+    let data = data.display().to_string();
+    let graph = tiny();
+    args.extend(
+        train_args(&data, &graph, "run", &["--iterations", "8"])
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let out = Command::new("strace")
+        .args(&args)
+        .current_dir(t)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let trace = std::fs::read_to_string(t.join("trace.txt")).unwrap();
+    // fd -> path of the open files, per line in order.
+    let mut open: std::collections::HashMap<String, String> = Default::default();
+    let mut synced: Vec<String> = Vec::new();
+    let mut events: Vec<String> = Vec::new();
+    for line in trace.lines() {
+        let body = line.split_once(' ').map_or(line, |(_, b)| b).trim();
+        if let Some(rest) = body.strip_prefix("openat(") {
+            let path = rest.split('"').nth(1).unwrap_or("").to_string();
+            if let Some(fd) = rest
+                .rsplit("= ")
+                .next()
+                .filter(|f| f.parse::<i32>().is_ok())
+            {
+                open.insert(fd.to_string(), path);
+            }
+        } else if let Some(rest) = body.strip_prefix("fsync(") {
+            let fd = rest.split(')').next().unwrap_or("");
+            let path = open.get(fd).cloned().unwrap_or_default();
+            synced.push(path.clone());
+            events.push(format!("fsync {path}"));
+        } else if body.starts_with("rename") {
+            let paths: Vec<&str> = body.split('"').skip(1).step_by(2).collect();
+            if paths.len() == 2 {
+                events.push(format!("rename {} {}", paths[0], paths[1]));
+            }
+        }
+    }
+    for target in [
+        "run/state.json",
+        "run/final.safetensors",
+        "run/summary.json",
+    ] {
+        let tmp_name = format!("{target}.tmp");
+        let rename = events
+            .iter()
+            .position(|e| e == &format!("rename {tmp_name} {target}"))
+            .unwrap_or_else(|| panic!("no rename to {target}:\n{}", events.join("\n")));
+        assert!(
+            events[..rename].contains(&format!("fsync {tmp_name}")),
+            "{tmp_name} not fsynced before its rename:\n{}",
+            events.join("\n")
+        );
+        assert!(
+            events[rename..].contains(&"fsync run".to_string()),
+            "run/ not fsynced after the rename to {target}:\n{}",
+            events.join("\n")
+        );
+    }
+    // The staged checkpoint tensors: fsynced, then renamed, then the directory.
+    let staged = events
+        .iter()
+        .position(|e| {
+            e.starts_with("rename run/.checkpoint-") && e.ends_with(" run/checkpoint.safetensors")
+        })
+        .unwrap_or_else(|| panic!("no staged checkpoint rename:\n{}", events.join("\n")));
+    assert!(events[staged..].contains(&"fsync run".to_string()));
+}

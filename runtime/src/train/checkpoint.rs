@@ -7,6 +7,9 @@
 //! (`.checkpoint-<iteration>.safetensors`), then `state.json` is replaced
 //! atomically (the commit), then the staged files are renamed into place.
 //! [`recover`] finishes an interrupted rename or drops uncommitted files.
+//! Every file is fsynced before its rename and the directory after it
+//! (`crate::durable`), so after a power loss the committed `state.json` never
+//! points at tensor files the disk does not hold.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -85,7 +88,7 @@ pub fn save(
         let from = staged(dir, prefix, it);
         std::fs::rename(&from, dir.join(target)).map_err(|e| TrainError::io(&from, "rename", e))?;
     }
-    Ok(())
+    crate::durable::sync_dir(dir).map_err(|e| TrainError::io(dir, "sync", e))
 }
 
 fn save_momentum(
@@ -127,6 +130,7 @@ pub fn recover(dir: &Path) -> Result<RunState, TrainError> {
                 .map_err(|e| TrainError::io(&from, "rename", e))?;
         }
     }
+    crate::durable::sync_dir(dir).map_err(|e| TrainError::io(dir, "sync", e))?;
     let entries = std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, "list", e))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();

@@ -1,5 +1,6 @@
-//! Small file helpers: atomic writes (temporary file beside the target, then
-//! rename, so a killed run never leaves half a file) and JSON in and out.
+//! Small file helpers: durable atomic writes (temporary file beside the
+//! target, fsync, rename, fsync of the directory, so neither a killed run nor a
+//! power loss leaves half a file) and JSON in and out.
 
 use std::path::Path;
 
@@ -8,13 +9,9 @@ use serde::Serialize;
 
 use super::error::TrainError;
 
-/// Writes `bytes` to `path` through `path.tmp` and a rename.
+/// Writes `bytes` to `path` durably (see [`crate::durable::write`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, "write", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, "write", e))
+    crate::durable::write(path, bytes).map_err(|e| TrainError::io(path, "write", e))
 }
 
 /// Pretty JSON, written atomically.
