@@ -822,3 +822,64 @@ fn checkpoint_files_are_fsynced_before_and_after_their_rename() {
         .unwrap_or_else(|| panic!("no staged checkpoint rename:\n{}", events.join("\n")));
     assert!(events[staged..].contains(&"fsync run".to_string()));
 }
+
+/// Ctrl-C during `train`: the current iteration finishes, a checkpoint is
+/// written, the `--resume` command is printed, the exit code is 130, and the
+/// resumed run ends bit-identical to one never interrupted.
+#[test]
+fn ctrl_c_checkpoints_and_the_resumed_run_is_bit_identical() {
+    let (_data_dir, data) = test_data();
+    let data = data.display().to_string();
+    let graph = repo_root()
+        .join("models/convnet_quick.json")
+        .display()
+        .to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let epochs = ["--epochs", "10"];
+    assert_ok(&dropjit(t, &train_args(&data, &graph, "full", &epochs)));
+
+    let child = Command::new(env!("CARGO_BIN_EXE_dropjit"))
+        .args(train_args(&data, &graph, "cut", &epochs))
+        .current_dir(t)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // After the first epoch's checkpoint, mid-run.
+    let state = t.join("cut/state.json");
+    let start = Instant::now();
+    let iteration = || {
+        std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .and_then(|v| v["iteration"].as_u64())
+            .unwrap_or(0)
+    };
+    while iteration() < 8 && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGINT (Ctrl-C): checkpoint written after iteration ")
+            && stderr.contains("`dropjit train --resume cut`"),
+        "stderr:\n{stderr}"
+    );
+    let stopped_at = json(&state)["iteration"].as_u64().unwrap();
+    assert!((8..80).contains(&stopped_at), "stopped at {stopped_at}");
+    assert!(!t.join("cut/final.safetensors").exists());
+    assert_ok(&dropjit(t, &["train", "--resume", "cut"]));
+    assert_eq!(
+        read(&t.join("full/final.safetensors")),
+        read(&t.join("cut/final.safetensors")),
+        "weights after Ctrl-C + resume differ from the uninterrupted run"
+    );
+    assert_eq!(
+        metrics_numbers(&t.join("full")),
+        metrics_numbers(&t.join("cut"))
+    );
+}

@@ -450,6 +450,7 @@ fn start(a: &TrainArgs) -> Result<ExitCode, CliError> {
     let mut state = RunState::default();
     trainer.checkpoint(engine.as_ref(), &mut state, &metrics)?;
     print_header(&cfg, &data, &dir, "training");
+    crate::train::interrupt::install();
     let outcome = trainer.run(engine.as_mut(), state, &mut metrics)?;
     Ok(report(outcome, &dir))
 }
@@ -567,6 +568,7 @@ fn resume(a: &TrainArgs, dir: &Path) -> Result<ExitCode, CliError> {
         dir,
         &format!("resuming at iteration {}", state.iteration),
     );
+    crate::train::interrupt::install();
     let outcome = trainer.run(engine.as_mut(), state, &mut metrics)?;
     Ok(report(outcome, dir))
 }
@@ -662,6 +664,15 @@ fn report(outcome: Outcome, dir: &Path) -> ExitCode {
                 dir.display()
             );
             ExitCode::SUCCESS
+        }
+        Outcome::Interrupted { iteration, signal } => {
+            eprintln!(
+                "interrupted by {signal}: checkpoint written after iteration {iteration}; \
+                 continue with `dropjit train --resume {}`",
+                dir.display()
+            );
+            // The shell's convention for a run ended by SIGINT.
+            ExitCode::from(130)
         }
     }
 }

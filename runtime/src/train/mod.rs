@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod evaluate;
 pub mod files;
+pub mod interrupt;
 pub mod metrics;
 pub mod progress;
 pub mod setup;

@@ -32,6 +32,11 @@ pub enum Outcome {
     Stopped {
         iteration: usize,
     },
+    /// Stopped by a signal (Ctrl-C, SIGTERM) after a checkpoint at this iteration.
+    Interrupted {
+        iteration: usize,
+        signal: &'static str,
+    },
 }
 
 /// One run: its directory, settings, model and data.
@@ -183,7 +188,8 @@ impl Trainer<'_> {
                 progress.line(&self.epoch_line(epoch + 1, &state, lr));
                 state.last_epoch = std::mem::take(&mut state.epoch_stats);
             }
-            let stop = self.stop_after == Some(done);
+            let signal = super::interrupt::received().filter(|_| done < total);
+            let stop = self.stop_after == Some(done) || signal.is_some();
             let periodic = cfg.checkpoint_every.is_some_and(|n| done % n == 0);
             if epoch_end || periodic || stop {
                 state.finished = done == total;
@@ -193,7 +199,13 @@ impl Trainer<'_> {
             }
             if stop && done < total {
                 progress.clear();
-                return Ok(Outcome::Stopped { iteration: done });
+                return Ok(match signal {
+                    Some(signal) => Outcome::Interrupted {
+                        iteration: done,
+                        signal,
+                    },
+                    None => Outcome::Stopped { iteration: done },
+                });
             }
         }
         progress.clear();
