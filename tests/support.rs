@@ -1,5 +1,8 @@
 //! Shared helpers for the integration tests.
 
+#[path = "forced.rs"]
+pub mod forced;
+
 use std::path::{Path, PathBuf};
 
 use dropjit_codegen::{compile, CompileOptions, CompiledGraph, StateLayout};
@@ -37,7 +40,15 @@ pub struct JitStep {
 
 impl JitStep {
     pub fn new(path: &str, batch: usize, dropout: DropoutConfig, opts: CompileOptions) -> Self {
-        let model = model(path);
+        Self::from_graph(model(path), batch, dropout, opts)
+    }
+
+    pub fn from_graph(
+        model: Graph,
+        batch: usize,
+        dropout: DropoutConfig,
+        opts: CompileOptions,
+    ) -> Self {
         let step_graph = training_step(&model, &dropout, &TEST_SGD).expect("step graph");
         let layout = StateLayout::new(&model);
         let jit = compile(&step_graph, batch, &layout, opts).expect("compiles");
