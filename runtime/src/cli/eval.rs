@@ -44,7 +44,7 @@ pub struct EvalArgs {
     /// Evaluate the first N test images only.
     #[arg(long)]
     pub limit_test: Option<usize>,
-    /// Executor [default: interp for now].
+    /// Executor [default: jit; interp is the slow reference interpreter].
     #[arg(long, value_enum)]
     pub engine: Option<EngineKind>,
     /// Worker threads for the engine [default: all cores].

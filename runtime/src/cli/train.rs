@@ -121,7 +121,7 @@ pub struct TrainArgs {
     /// Initial weights (safetensors, PyTorch names) instead of the model's initialisation.
     #[arg(long, value_name = "W.safetensors")]
     pub init: Option<PathBuf>,
-    /// Executor [default: interp for now; jit once the JIT lands].
+    /// Executor [default: jit; interp is the slow reference interpreter].
     #[arg(long, value_enum)]
     pub engine: Option<EngineKind>,
     /// Smoke tests: train on the first N training images only (statistics too).
@@ -135,7 +135,7 @@ pub struct TrainArgs {
     pub stop_after: Option<usize>,
 }
 
-/// Default engine of `train` and `eval`; becomes `Jit` once the JIT is wired in.
+/// Default engine of `train` and `eval`.
 pub const DEFAULT_ENGINE: EngineKind = EngineKind::Jit;
 
 pub fn run(args: &TrainArgs) -> Result<ExitCode, CliError> {

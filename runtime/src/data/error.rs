@@ -80,12 +80,11 @@ pub enum DataError {
     #[error("{}: empty {split} split: the file has no records", path.display())]
     EmptySplit { path: PathBuf, split: String },
 
-    /// A MAT file that uses zlib-compressed elements (MATLAB's default since v7).
+    /// A zlib-compressed element still present after the file's compressed
+    /// elements were inflated (compression nested inside compression).
     #[error(
-        "{}: the MAT file is compressed (miCOMPRESSED element at byte {offset}); dropjit reads only \
-         uncompressed MATLAB v5 files. Convert it once with Python: \
-         python3 -c \"import scipy.io as s; d = s.loadmat('{}'); s.savemat('{}', {{'X': d['X'], 'y': d['y']}}, do_compression=False)\" \
-         (or in MATLAB: load the file, then save(name, 'X', 'y', '-v6'))",
+        "{}: nested compressed element at byte {offset}; dropjit inflates MATLAB's top-level \
+         compression only. Re-save the file: python3 -c \"import scipy.io as s; d = s.loadmat('{}'); s.savemat('{}', {{'X': d['X'], 'y': d['y']}})\"",
         path.display(),
         path.display(),
         path.display()

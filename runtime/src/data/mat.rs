@@ -1,11 +1,13 @@
-//! A minimal reader of uncompressed MATLAB v5 MAT files: real numeric arrays only.
+//! A minimal reader of MATLAB v5 MAT files: real numeric arrays only.
 //!
 //! Layout: a 128-byte header (text, subsystem offset, version 0x0100, endian indicator "IM"/"MI"),
 //! then data elements. Each element has an 8-byte tag (type u32, byte count u32) followed by its
 //! data padded to 8 bytes, or the "small element" form (byte count in the upper 16 bits of the
 //! first word, type in the lower 16, up to 4 data bytes in the second word). A variable is an
 //! miMATRIX element whose sub-elements are: array flags, dimensions, name, real part [, imaginary].
-//! Compressed elements (miCOMPRESSED, zlib) are detected and reported, not decoded.
+//! Compressed elements (miCOMPRESSED, zlib; the official SVHN files use them)
+//! are inflated first by [`inflate_mat`]; one still found by [`parse_mat`]
+//! (compression nested inside compression) is reported, not decoded.
 
 use std::path::{Path, PathBuf};
 
