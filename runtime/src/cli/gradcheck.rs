@@ -18,13 +18,14 @@ loss's rounding) gives the quotient and, from their difference, an estimate of
 its own error. An element whose quotients disagree at every step sits at a
 ReLU or max-pool kink and is replaced (the `kinks` column).
 
-Each parameter's error is |fd - ad| / max(|fd|, |ad|, K |noise| / tolerance)
-over its sampled elements (K = 10): its relative error when the gradient is
-large enough for the quotients to resolve the tolerance, otherwise the
-difference measured against K times the quotients' own error (a zero gradient,
-e.g. of a conv bias before BatchNorm, passes when its derived value is within
-that of the noise). `resolution` is K |noise| / max(|fd|, |ad|). A parameter
-without a usable element fails.
+Each parameter's error is the largest over its sampled elements of
+|fd - ad| / max(S, K noise / tolerance), S = max(||fd||, ||ad||) the tensor's
+gradient scale over the samples, K = 10: an element passes when it is within
+the tolerance relative to S, or within K times its own quotient's estimated
+error, whichever is larger (so a zero gradient, e.g. of a conv bias before
+BatchNorm, passes when its derived value is within K times the noise of the
+quotient). `rel. diff` is ||fd - ad|| / S; `resolution` is K times the largest
+noise over S. A parameter without a usable element fails.
 
 Only plain and standard dropout (F = B at every site) have a loss whose
 gradient the update is.";
@@ -51,7 +52,7 @@ pub struct GradcheckArgs {
     #[arg(long, default_value_t = 1e-4)]
     pub max_step: f64,
     /// Smallest step tried.
-    #[arg(long, default_value_t = 1e-7)]
+    #[arg(long, default_value_t = 1e-9)]
     pub min_step: f64,
     /// Pass when every parameter's error (see below) is below this.
     #[arg(long, default_value_t = 1e-6)]
