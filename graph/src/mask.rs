@@ -84,7 +84,20 @@ mod tests {
 
     #[test]
     fn lowbias32_known_values() {
-        // Reference values of Wellons' lowbias32.
+        // Reference values computed independently (Python, from the definition:
+        // x ^= x>>16; x *= 0x7feb352d; x ^= x>>15; x *= 0x846ca68b; x ^= x>>16,
+        // all mod 2^32).
+        for (x, want) in [
+            (1u32, 0x6889_90C0u32),
+            (2, 0xD113_2181),
+            (3, 0x53F1_E9DD),
+            (12345, 0x912E_FCF7),
+            (0x8000_0000, 0xCC4B_4124),
+            (0xDEAD_BEEF, 0xE628_C683),
+            (0xFFFF_FFFF, 0x6768_824A),
+        ] {
+            assert_eq!(lowbias32(x), want, "lowbias32({x:#x})");
+        }
         // Zero is the fixed point of every xor-shift-multiply hash.
         assert_eq!(lowbias32(0), 0);
         // Bijective: no collisions over a window of inputs.
@@ -92,6 +105,15 @@ mod tests {
         seen.sort_unstable();
         seen.dedup();
         assert_eq!(seen.len(), 4096);
+    }
+
+    #[test]
+    fn mask_bits_known_values() {
+        // lowbias32(lowbias32(index ^ lo) ^ hi), computed the same way.
+        let key = 0x0123_4567_89AB_CDEF;
+        assert_eq!(mask_bits(key, 0), 0x1C62_A4A3);
+        assert_eq!(mask_bits(key, 1), 0xF529_B166);
+        assert_eq!(mask_bits(key, 1000), 0x43AA_A255);
     }
 
     #[test]

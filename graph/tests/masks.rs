@@ -4,29 +4,69 @@ use dropjit_graph::mask::{is_kept, keep_scale, keep_threshold, mask_key, Stream}
 
 const LEN: u32 = 200_000;
 
-fn drop_fraction(key: u64, p: f64) -> f64 {
+/// The drop ratios the paper uses (`--fwd` and `--bwd`), and 0.5.
+const PAPER_RATIOS: [f64; 9] = [0.5, 0.3, 0.2, 0.1, 0.05, 0.01, 0.005, 0.0002, 0.0001];
+
+/// Mask elements per ratio check: ratio 0.0001 expects 400 drops (σ = 20),
+/// so dropping none, half or twice as many is far outside five sigmas.
+const RATIO_LEN: u32 = 4_000_000;
+
+fn dropped(key: u64, p: f64, len: u32) -> u64 {
     let thr = keep_threshold(p);
-    (0..LEN).filter(|&e| !is_kept(key, e, thr)).count() as f64 / LEN as f64
+    (0..len).filter(|&e| !is_kept(key, e, thr)).count() as u64
 }
 
-/// Five binomial standard deviations.
-fn tolerance(p: f64) -> f64 {
-    5.0 * (p * (1.0 - p) / LEN as f64).sqrt()
+/// Whether `dropped` of `len` elements is within five binomial standard
+/// deviations of ratio `p`'s expectation, on both sides.
+fn consistent_with_ratio(dropped: u64, len: u32, p: f64) -> bool {
+    let n = len as f64;
+    let (mean, sigma) = (n * p, (n * p * (1.0 - p)).sqrt());
+    (dropped as f64 - mean).abs() <= 5.0 * sigma
 }
 
 #[test]
-fn drop_fraction_within_binomial_tolerance() {
-    for (i, p) in [0.5, 0.3, 0.1, 0.01, 0.0001].into_iter().enumerate() {
-        for site in 0..3 {
+fn drop_count_within_five_sigma_at_every_paper_ratio() {
+    for (i, p) in PAPER_RATIOS.into_iter().enumerate() {
+        for site in 0..2 {
             let key = mask_key(42, i as u64, site, Stream::F);
-            let got = drop_fraction(key, p);
+            let d = dropped(key, p, RATIO_LEN);
             assert!(
-                (got - p).abs() <= tolerance(p).max(2.0 / LEN as f64),
-                "p={p} site={site}: {got}"
+                consistent_with_ratio(d, RATIO_LEN, p),
+                "p={p} site={site}: {d} of {RATIO_LEN} dropped"
             );
         }
+        let key = mask_key(42, i as u64, 0, Stream::G);
+        let d = dropped(key, p, RATIO_LEN);
+        assert!(consistent_with_ratio(d, RATIO_LEN, p), "p={p} G: {d}");
     }
-    assert_eq!(drop_fraction(mask_key(1, 1, 1, Stream::F), 0.0), 0.0);
+    assert_eq!(dropped(mask_key(1, 1, 1, Stream::F), 0.0, RATIO_LEN), 0);
+}
+
+#[test]
+fn ratio_bound_rejects_no_dropout_half_and_double() {
+    // The bound above is two-sided and tight: the counts of a mask that drops
+    // nothing, half as much or twice as much fail it at every paper ratio.
+    for (i, p) in PAPER_RATIOS.into_iter().enumerate() {
+        let key = mask_key(42, i as u64, 0, Stream::F);
+        assert!(!consistent_with_ratio(0, RATIO_LEN, p), "p={p}: none");
+        let half = dropped(key, p / 2.0, RATIO_LEN);
+        assert!(
+            !consistent_with_ratio(half, RATIO_LEN, p),
+            "p={p}: {half} dropped at p/2"
+        );
+        if 2.0 * p < 1.0 {
+            let double = dropped(key, 2.0 * p, RATIO_LEN);
+            assert!(
+                !consistent_with_ratio(double, RATIO_LEN, p),
+                "p={p}: {double} dropped at 2p"
+            );
+        }
+        // Dropping everything.
+        assert!(
+            !consistent_with_ratio(RATIO_LEN as u64, RATIO_LEN, p),
+            "p={p}: all"
+        );
+    }
 }
 
 #[test]
@@ -46,12 +86,11 @@ fn f_and_g_are_independent() {
     let (tf, tg) = (keep_threshold(pf), keep_threshold(pg));
     let both = (0..LEN)
         .filter(|&e| !is_kept(kf, e, tf) && !is_kept(kg, e, tg))
-        .count() as f64
-        / LEN as f64;
-    let expect = pf * pg;
+        .count() as u64;
     assert!(
-        (both - expect).abs() <= tolerance(expect),
-        "P(F and G drop) {both} vs {expect}"
+        consistent_with_ratio(both, LEN, pf * pg),
+        "{both} of {LEN} dropped by both F and G, expected {}",
+        pf * pg
     );
 }
 

@@ -211,10 +211,59 @@ fn gradcheck_prints_its_table_and_passes() {
         assert!(text.contains(name), "{text}");
     }
     assert!(text.contains("gradcheck passed"), "{text}");
-    fails_with(
-        &run_dropjit(&["gradcheck", "--graph", TINY, "--fwd", "0.2", "--bwd", "0.1"]),
-        "augmented has no true gradient",
+    // Steps so large that no element's quotients agree leave every parameter
+    // without a sample: a failure, with its own exit code.
+    let out = run_dropjit(&[
+        "gradcheck",
+        "--graph",
+        TINY,
+        "--max-step",
+        "1",
+        "--min-step",
+        "0.1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("no usable element") && text.contains("gradcheck FAILED"),
+        "{text}"
     );
+}
+
+#[test]
+fn gradcheck_passes_a_vgg_net_with_batch_norm_after_biased_convolutions() {
+    // The conv biases' true gradient is zero: a fixed step and floor failed it.
+    let text = ok(&run_dropjit(&[
+        "gradcheck",
+        "--graph",
+        "graph/tests/nets/vgg_bn.json",
+    ]));
+    assert!(
+        text.contains("conv1_1.bias") && text.contains("gradcheck passed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn gradcheck_names_the_checks_of_the_modes_it_cannot_check() {
+    for flags in [
+        &["--dropout", "forward", "--fwd", "0.3"][..],
+        &["--dropout", "backward", "--bwd", "0.3"],
+        &["--dropout", "augmented", "--fwd", "0.2", "--bwd", "0.1"],
+        &["--fwd", "0.2", "--bwd", "0.1"],
+    ] {
+        let mut args = vec!["gradcheck", "--graph", TINY];
+        args.extend(flags);
+        let out = run_dropjit(&args);
+        for fragment in [
+            "not the derivative of any loss",
+            "tools/torch_check.py",
+            "--masks-out",
+            "graph/tests/dropout_modes.rs",
+        ] {
+            fails_with(&out, fragment);
+        }
+    }
 }
 
 fn write_batch(path: &Path, shape: &[usize], labels: &[i64]) {

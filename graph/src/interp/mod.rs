@@ -99,13 +99,52 @@ pub fn run_observed<T: Real>(
     inp: &Inputs<T>,
     observe: &mut dyn FnMut(NodeId, &mut Vec<T>),
 ) -> Result<Values<T>> {
+    run_core(g, state, inp, observe, None)
+}
+
+/// [`run`] again after a change that only the nodes marked in `stale` see
+/// (for a changed parameter: its `param` node and everything downstream of
+/// it): those are recomputed, every other node's value is read from `base`,
+/// an earlier run of `g` with the same inputs, and left out of the result
+/// (`get` gives an empty slice). Effect nodes outside `stale` do not run. The
+/// recomputed values are bit for bit what [`run`] would give.
+pub fn rerun<T: Real>(
+    g: &Graph,
+    state: &mut State<T>,
+    inp: &Inputs<T>,
+    base: &Values<T>,
+    stale: &[bool],
+) -> Result<Values<T>> {
+    if base.values.len() != g.nodes.len() || stale.len() != g.nodes.len() {
+        return Err(GraphError::graph("rerun: base values of another graph"));
+    }
+    run_core(g, state, inp, &mut |_, _| {}, Some((base, stale)))
+}
+
+fn run_core<T: Real>(
+    g: &Graph,
+    state: &mut State<T>,
+    inp: &Inputs<T>,
+    observe: &mut dyn FnMut(NodeId, &mut Vec<T>),
+    base: Option<(&Values<T>, &[bool])>,
+) -> Result<Values<T>> {
     let n = inp.batch;
     check_inputs(g, state, inp)?;
     check_interpreter_memory::<T>(g, n)?;
     let mut values: Vec<Option<Vec<T>>> = Vec::with_capacity(g.nodes.len());
     for id in g.ids() {
+        if base.is_some_and(|(_, stale)| !stale[id.index()]) {
+            values.push(None);
+            continue;
+        }
         let node = g.node(id);
-        let x = |i: usize| -> &[T] { values[node.inputs[i].index()].as_deref().unwrap_or(&[]) };
+        let x = |i: usize| -> &[T] {
+            let i = node.inputs[i].index();
+            values[i]
+                .as_deref()
+                .or_else(|| base.and_then(|(b, _)| b.values[i].as_deref()))
+                .unwrap_or(&[])
+        };
         let xs = |i: usize| nchw(g, node.inputs[i], n);
         let ys = || nchw(g, id, n);
         let mut out: Option<Vec<T>> = match &node.op {
