@@ -8,12 +8,13 @@
 //! For an element `w` the central quotient `D(h) = (L(w+h) − L(w−h)) / 2h`
 //! is computed on a ladder of steps `h₀ = max_step, h₀/10, h₀/100, …` down to
 //! `min_step` (defaults 1e-4 and 1e-9; the small steps are for elements near a
-//! kink, as at Caffe's tiny initial weights). `D(h)` differs from `∂L/∂w` by truncation (`~h²`, from the
-//! curvature), rounding (`~u/h`, `u` the rounding error of the loss, a few
-//! ulps of it) and, when a ReLU or max-pool kink lies within `h`, by an amount
-//! that does not shrink with `h`. For each pair of neighbouring steps
-//! `(h, h/10)` the check takes `fd = D(h/10)` and as its error estimate
-//! `noise = |D(h) − D(h/10)| + ulp(L)/(h/10)`: when truncation dominates the
+//! kink, as at Caffe's tiny initial weights). `D(h)` differs from `∂L/∂w` by
+//! truncation (`~h²`, from the curvature), rounding (`~u/h`, `u` the rounding
+//! error of the loss, a few ulps of it) and, when a ReLU or max-pool kink lies
+//! within `h`, by an amount that does not shrink with `h`. For each pair of
+//! neighbouring steps `(h, h/10)` the check takes `fd = D(h/10)` and as its
+//! error estimate `noise = |D(h) − D(h/10)| + ulp(L)/(h/10)` (`ulp(L)` =
+//! `2⁻⁵² · max(|L|, 1)`): when truncation dominates the
 //! difference overstates `fd`'s error a hundredfold, when rounding dominates it
 //! *is* `fd`'s rounding error (that of `D(h)` is ten times smaller). The first
 //! pair is accepted whose noise is below a tenth of the tolerance relative to
@@ -21,7 +22,10 @@
 //! [`ROUNDING_ULPS`] ulps of the loss over `h/10` (a gradient too small for the
 //! quotient to resolve, such as the zero gradient of a bias before BatchNorm).
 //! An element accepted at no step has a kink (or worse) at every step: it is
-//! counted in `kinks` and replaced by another.
+//! counted in `kinks` and replaced by another. (A kink far closer to `w` than
+//! both steps of a pair shifts both quotients alike and is not seen: a rare
+//! false failure.) Each loss evaluation recomputes only what the perturbed
+//! parameter feeds ([`rerun`]).
 //!
 //! A parameter's error is the largest over its accepted elements of
 //! `|fd − ad| / max(S, K·noise / tol)`, with `S = max(‖fd‖, ‖ad‖)` the
@@ -48,8 +52,8 @@ use crate::ids::ParamId;
 use crate::interp::{rerun, run, Inputs, State, Values};
 use crate::op::Op;
 
-/// A difference `‖fd − ad‖` up to this many times the estimated
-/// finite-difference error `‖noise‖` is not evidence of a wrong gradient.
+/// A difference `|fd − ad|` up to this many times the element's estimated
+/// finite-difference error is not evidence of a wrong gradient.
 pub const NOISE_MULT: f64 = 10.0;
 
 /// Quotients at neighbouring steps that differ by at most this many ulps of the

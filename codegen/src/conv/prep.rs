@@ -234,7 +234,7 @@ mod tests {
     /// The padded, dilated input at `(y, x)`, straight from the definition.
     fn padded(p: &Prep, src: &[f32], c: usize, y: usize, x: usize) -> f32 {
         let (d, pt, pl) = (p.dilation, p.pad_top, p.pad_left);
-        if y < pt || x < pl || (y - pt) % d != 0 || (x - pl) % d != 0 {
+        if y < pt || x < pl || !(y - pt).is_multiple_of(d) || !(x - pl).is_multiple_of(d) {
             return 0.0;
         }
         let (iy, ix) = ((y - pt) / d, (x - pl) / d);
