@@ -121,7 +121,7 @@ const RATIOS: [f64; 4] = [0.0001, 0.1, 0.3, 0.5];
 #[derive(Clone, Copy)]
 enum Shape {
     Image(usize, usize, usize),
-    Flat(usize),
+    Flat,
 }
 
 /// The graph of a case, as model-file JSON: each layer applied where it fits
@@ -131,7 +131,7 @@ fn graph_json(c: &Case) -> String {
     let mut shape = Shape::Image(c.channels, c.side, c.side);
     let mut last = "image".to_string();
     let mut k = 0;
-    let mut name = |k: &mut usize| {
+    let name = |k: &mut usize| {
         *k += 1;
         format!("n{k}")
     };
@@ -218,24 +218,24 @@ fn graph_json(c: &Case) -> String {
                     last = sum;
                 }
             }
-            (Layer::GlobalPool, Shape::Image(ch, ..)) => {
+            (Layer::GlobalPool, Shape::Image(..)) => {
                 let n = name(&mut k);
                 nodes.push(format!(
                     r#"{{"name": "{n}", "op": "global_avg_pool", "inputs": ["{last}"]}}"#
                 ));
-                (last, shape) = (n, Shape::Flat(ch));
+                (last, shape) = (n, Shape::Flat);
             }
-            (Layer::Flatten, Shape::Image(ch, h, w)) => {
+            (Layer::Flatten, Shape::Image(..)) => {
                 let n = name(&mut k);
                 nodes.push(format!(
                     r#"{{"name": "{n}", "op": "flatten", "inputs": ["{last}"]}}"#
                 ));
-                (last, shape) = (n, Shape::Flat(ch * h * w));
+                (last, shape) = (n, Shape::Flat);
             }
-            (Layer::Linear { out, bias }, Shape::Flat(_)) => {
+            (Layer::Linear { out, bias }, Shape::Flat) => {
                 let n = name(&mut k);
                 nodes.push(format!(r#"{{"name": "{n}", "op": "linear", "inputs": ["{last}"], "out_features": {out}, "bias": {bias}}}"#));
-                (last, shape) = (n, Shape::Flat(*out));
+                (last, shape) = (n, Shape::Flat);
             }
             _ => {}
         }

@@ -252,6 +252,8 @@ pub struct GradCheckOptions {
     pub dropout: DropoutConfig,
     /// Worker threads (each evaluates different parameters).
     pub threads: usize,
+    /// A line on stderr as each parameter is done (long checks say where they are).
+    pub progress: bool,
 }
 
 impl Default for GradCheckOptions {
@@ -265,6 +267,7 @@ impl Default for GradCheckOptions {
             tolerance: 1e-6,
             dropout: DropoutConfig::PLAIN,
             threads: 2,
+            progress: false,
         }
     }
 }
@@ -504,7 +507,16 @@ pub fn grad_check_with(
                     break;
                 }
                 let r = check(job);
-                results.lock().expect("gradcheck worker").push((job, r));
+                let mut done = results.lock().expect("gradcheck worker");
+                done.push((job, r));
+                if opts.progress {
+                    eprintln!(
+                        "gradcheck: {}/{} parameters checked ({})",
+                        done.len(),
+                        trainable.len(),
+                        fwd.param(trainable[job]).name
+                    );
+                }
             });
         }
     });

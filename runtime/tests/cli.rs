@@ -200,13 +200,18 @@ fn bad_dropout_flags_are_rejected() {
 
 #[test]
 fn gradcheck_prints_its_table_and_passes() {
-    let text = ok(&run_dropjit(&[
-        "gradcheck",
-        "--graph",
-        TINY,
-        "--batch",
-        "3",
-    ]));
+    let out = run_dropjit(&["gradcheck", "--graph", TINY, "--batch", "3"]);
+    // Progress on stderr, one line per parameter (a long check is not silent).
+    let progress = String::from_utf8_lossy(&out.stderr).into_owned();
+    let tiny = dropjit_graph::load(&repo_root().join(TINY), LoadOptions::default()).unwrap();
+    let params = tiny.trainable_params().count();
+    assert_eq!(
+        progress.matches("parameters checked").count(),
+        params,
+        "{progress}"
+    );
+    assert!(progress.contains(&format!("gradcheck: {params}/{params} parameters checked")));
+    let text = ok(&out);
     for name in ["conv1.weight", "bn1.weight", "conv2.bias", "fc.weight"] {
         assert!(text.contains(name), "{text}");
     }

@@ -105,6 +105,7 @@ pub fn run(args: &GradcheckArgs) -> Result<ExitCode, CliError> {
         max_step: args.max_step,
         min_step: args.min_step,
         tolerance: args.tolerance,
+        progress: true,
         ..GradCheckOptions::default()
     };
     opts.steps()?;
