@@ -9,7 +9,9 @@ use crate::arena::{self, Lifetime};
 use crate::conv::ConvIsa;
 use crate::kernels::expr::Node as ExprNode;
 use crate::kernels::gemm::{dropjit_sgemm, GemmDesc};
-use crate::kernels::jit::{ClifStage, CompiledModule, KernelFn, KernelModule, KernelSpec};
+use crate::kernels::jit::{
+    ClifStage, CompiledModule, JitOptions, KernelFn, KernelModule, KernelSpec,
+};
 use crate::kernels::parallel::global_pool;
 use crate::layout::StateLayout;
 use crate::lower::{lower, KernelDef};
@@ -164,7 +166,10 @@ pub fn compile(
     verify(&schedule, &lowered.kernels, layout)?;
     let node_buffers = kept_values(&schedule, lowered.node_buffers, opts);
     let t_plan = t0.elapsed();
-    let mut module = KernelModule::new()?;
+    let mut module = KernelModule::with_options(JitOptions {
+        run_op: Some(dropjit_run_op as *const () as usize),
+        ..JitOptions::default()
+    })?;
     if opts.keep_clif {
         module.keep_clif(Some(ClifStage::Built));
     }

@@ -133,16 +133,18 @@ impl Helper {
         }
     }
 
-    fn address(self) -> *const u8 {
-        match self {
+    /// Where the helper is; `None` for the native-op dispatcher when the
+    /// layer above registered none (`JitOptions::run_op`).
+    fn address(self, o: &JitOptions) -> Option<*const u8> {
+        Some(match self {
             Helper::ParallelFor => super::parallel::dropjit_parallel_for as *const u8,
             Helper::Sgemm => super::gemm::dropjit_sgemm as *const u8,
             Helper::Im2col => super::gemm::dropjit_im2col as *const u8,
             Helper::Col2im => super::gemm::dropjit_col2im as *const u8,
-            Helper::RunOp => crate::exec::dropjit_run_op as *const u8,
+            Helper::RunOp => o.run_op? as *const u8,
             Helper::Expf => dropjit_expf as *const u8,
             Helper::Logf => dropjit_logf as *const u8,
-        }
+        })
     }
 
     /// Parameter and return types: `usize`/`isize` are pointer-sized.
@@ -268,6 +270,11 @@ pub struct JitOptions {
     /// costs about half the compile time; the emitted IR is already hoisted
     /// by hand, so `none` loses little at run time (see the benchmark).
     pub optimize: bool,
+    /// Address of `extern "C" fn(op, ptrs, threads)`, the dispatcher of the
+    /// native launches (convolution, max pooling) that the execution layer
+    /// provides: the kernel toolkit calls it without knowing what an op is,
+    /// so it depends on nothing above it.
+    pub run_op: Option<usize>,
 }
 
 impl Default for JitOptions {
@@ -275,6 +282,7 @@ impl Default for JitOptions {
         Self {
             verify: cfg!(debug_assertions),
             optimize: true,
+            run_op: None,
         }
     }
 }
@@ -313,6 +321,7 @@ pub fn fixed_isa() -> Result<OwnedTargetIsa> {
     b.finish(shared_flags(JitOptions {
         verify: true,
         optimize: true,
+        run_op: None,
     })?)
     .map_err(|e| KernelError::Isa(e.to_string()))
 }
@@ -433,7 +442,9 @@ impl KernelModule {
         let isa = native_isa(o)?;
         let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
         for h in Helper::ALL {
-            jb.symbol(h.symbol(), h.address());
+            if let Some(address) = h.address(&o) {
+                jb.symbol(h.symbol(), address);
+            }
         }
         Ok(Self {
             module: JITModule::new(jb),
