@@ -9,6 +9,7 @@ pub mod kernels;
 pub mod layout;
 pub mod lower;
 pub mod maxpool;
+mod memory_plan;
 pub mod scalar_ops;
 pub mod schedule;
 
