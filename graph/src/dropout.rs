@@ -5,7 +5,7 @@
 use crate::error::{GraphError, Result};
 use crate::graph::{DropoutMode, Graph};
 use crate::ids::SiteId;
-use crate::mask::{is_kept, keep_threshold, mask_key, Stream};
+use crate::mask::Stream;
 use crate::op::{MaskFactor, MaskSpec};
 
 /// The global dropout setting of a run (`--dropout MODE --fwd P --bwd Q`).
@@ -117,23 +117,11 @@ pub fn mask_values(spec: Option<&MaskSpec>, seed: u64, step: u64, len: usize) ->
     let Some(spec) = spec else {
         return vec![1.0; len];
     };
-    let factors: Vec<(u64, i32)> = spec
-        .factors
-        .iter()
-        .map(|f| {
-            (
-                mask_key(seed, step, spec.site.0, f.stream),
-                keep_threshold(f.ratio),
-            )
-        })
-        .collect();
+    let keys = spec.keys(seed, step);
     let scale = spec.scale() as f32;
     (0..len)
         .map(|e| {
-            let kept = factors
-                .iter()
-                .all(|&(key, thr)| is_kept(key, e as u32, thr));
-            if kept {
+            if crate::op::kept_by_all(&keys, e as u32) {
                 scale
             } else {
                 0.0

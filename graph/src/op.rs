@@ -41,6 +41,26 @@ impl MaskSpec {
     pub fn scale(&self) -> f64 {
         crate::mask::keep_scale(&self.factors.iter().map(|f| f.ratio).collect::<Vec<_>>())
     }
+
+    /// Each factor's (key, keep threshold) at (`seed`, `step`): an element is
+    /// kept when every factor keeps it.
+    pub fn keys(&self, seed: u64, step: u64) -> Vec<(u64, i32)> {
+        self.factors
+            .iter()
+            .map(|f| {
+                (
+                    crate::mask::mask_key(seed, step, self.site.0, f.stream),
+                    crate::mask::keep_threshold(f.ratio),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Whether element `index` is kept by every factor of [`MaskSpec::keys`].
+pub fn kept_by_all(keys: &[(u64, i32)], index: u32) -> bool {
+    keys.iter()
+        .all(|&(key, thr)| crate::mask::is_kept(key, index, thr))
 }
 
 #[derive(Clone, Debug, PartialEq)]

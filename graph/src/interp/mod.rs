@@ -12,7 +12,7 @@ pub use real::Real;
 use crate::error::{GraphError, Result};
 use crate::graph::Graph;
 use crate::ids::{NodeId, ParamId};
-use crate::mask::{is_kept, keep_threshold, mask_key};
+use crate::op::kept_by_all;
 use crate::op::Op;
 use kernels::{channel_of, channel_sum};
 
@@ -343,25 +343,13 @@ fn run_core<T: Real>(
                 "a raw dropout site cannot run: build the backward, step or evaluation graph first",
             )),
             Op::Mask(spec) => {
-                let factors: Vec<(u64, i32)> = spec
-                    .factors
-                    .iter()
-                    .map(|f| {
-                        (
-                            mask_key(inp.seed, inp.step, spec.site.0, f.stream),
-                            keep_threshold(f.ratio),
-                        )
-                    })
-                    .collect();
+                let keys = spec.keys(inp.seed, inp.step);
                 let scale = T::of(spec.scale());
                 Some(
                     x(0).iter()
                         .enumerate()
                         .map(|(e, &v)| {
-                            let kept = factors
-                                .iter()
-                                .all(|&(key, thr)| is_kept(key, e as u32, thr));
-                            if kept {
+                            if kept_by_all(&keys, e as u32) {
                                 v * scale
                             } else {
                                 T::ZERO

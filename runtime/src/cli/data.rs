@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::CliError;
-use crate::data::{locate_dataset, DataError, DatasetKind, DATA_ENV, DEFAULT_DATA_DIR};
+use crate::data::{choose_data_dir, locate_dataset, DataError, DatasetKind, DATA_ENV};
 use crate::fetch::{fetch, manual_help, status, FetchError, FetchOptions, Source, Status};
 
 #[derive(Args, Debug)]
@@ -59,13 +59,8 @@ pub fn run(args: &DataArgs) -> Result<ExitCode, CliError> {
 
 /// `flag`, else `$DROPJIT_DATA`, else `./data`.
 pub fn data_root(flag: Option<&Path>) -> PathBuf {
-    flag.map(Path::to_path_buf)
-        .or_else(|| {
-            std::env::var_os(DATA_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    let env = std::env::var_os(DATA_ENV);
+    choose_data_dir(flag, env.as_deref().map(Path::new)).0
 }
 
 fn fetch_or_explain(source: Source, root: &Path) -> Result<PathBuf, CliError> {

@@ -47,12 +47,10 @@ pub fn resolve_data_dir(flag: Option<&Path>) -> Result<PathBuf, DataError> {
     resolve_data_dir_from(flag, env.as_deref().map(Path::new))
 }
 
-/// [`resolve_data_dir`] with the environment value passed in (testable without touching env).
-pub fn resolve_data_dir_from(
-    flag: Option<&Path>,
-    env: Option<&Path>,
-) -> Result<PathBuf, DataError> {
-    let (root, origin) = match (flag, env) {
+/// The data root, `flag`, else `$DROPJIT_DATA` (`env`), else `./data`, and where
+/// that choice came from (for messages). Nothing is looked at on disk.
+pub fn choose_data_dir(flag: Option<&Path>, env: Option<&Path>) -> (PathBuf, String) {
+    match (flag, env) {
         (Some(f), _) => (f.to_path_buf(), format!("--data {}", f.display())),
         (None, Some(e)) if !e.as_os_str().is_empty() => {
             (e.to_path_buf(), format!("{DATA_ENV}={}", e.display()))
@@ -61,7 +59,15 @@ pub fn resolve_data_dir_from(
             PathBuf::from(DEFAULT_DATA_DIR),
             format!("the default {DEFAULT_DATA_DIR}, as neither --data nor {DATA_ENV} is set"),
         ),
-    };
+    }
+}
+
+/// [`resolve_data_dir`] with the environment value passed in (testable without touching env).
+pub fn resolve_data_dir_from(
+    flag: Option<&Path>,
+    env: Option<&Path>,
+) -> Result<PathBuf, DataError> {
+    let (root, origin) = choose_data_dir(flag, env);
     let mut looked_at = Vec::new();
     if find_all(&root, None, &mut looked_at).is_empty() {
         return Err(DataError::NotFound { origin, looked_at });

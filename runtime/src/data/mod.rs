@@ -46,7 +46,8 @@ pub use dataset::{
 pub use error::{DataError, DOWNLOAD_HELP};
 pub use idx::{read_idx_dataset, IDX_FILES};
 pub use locate::{
-    locate_dataset, resolve_data_dir, resolve_data_dir_from, DATA_ENV, DEFAULT_DATA_DIR,
+    choose_data_dir, locate_dataset, resolve_data_dir, resolve_data_dir_from, DATA_ENV,
+    DEFAULT_DATA_DIR,
 };
 pub use mat::{parse_mat, MatNumbers, MatVar};
 pub use normalize::{NormStats, Normalization};
