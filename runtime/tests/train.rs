@@ -453,6 +453,8 @@ fn bad_flags_name_the_flag() {
         ),
         (&["--schedule", "cosine", "--gamma", "0.5"], "--gamma"),
         (&["--engine", "gpu"], "--engine"),
+        (&["--schedule-scale", "0"], "--schedule-scale"),
+        (&["--schedule-scale", "nan"], "--schedule-scale"),
     ];
     for (extra, flag) in cases {
         let mut args = vec!["train", "--graph", &graph, "--data", "no-such-dir"];
@@ -478,6 +480,57 @@ fn bad_flags_name_the_flag() {
         ],
     );
     assert_fails(&out, &["--batch"]);
+}
+
+#[test]
+fn schedule_scale_shortens_the_run_and_its_milestones_together() {
+    let (_data_dir, data) = test_data();
+    let data = data.display().to_string();
+    let graph = tiny();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let schedule = [
+        "--iterations",
+        "40",
+        "--schedule",
+        "multistep",
+        "--milestones",
+        "20,30",
+    ];
+    let mut extra = schedule.to_vec();
+    extra.extend(["--schedule-scale", "0.25", "--log-every", "1"]);
+    assert_ok(&dropjit(t, &train_args(&data, &graph, "quarter", &extra)));
+    let cfg = json(&t.join("quarter/config.json"));
+    assert_eq!(cfg["recipe"]["iterations"], 10);
+    assert_eq!(cfg["recipe"]["schedule_scale"], 0.25);
+    // 30 * 0.25 = 7.5 rounds to 8.
+    assert_eq!(
+        cfg["recipe"]["schedule"]["milestones"],
+        serde_json::json!([5, 8])
+    );
+    assert_eq!(json(&t.join("quarter/summary.json"))["iterations"], 10);
+    // The learning rate of the last records follows the scaled milestones.
+    let lrs: Vec<(u64, f64)> = std::fs::read_to_string(t.join("quarter/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| (v["iteration"].as_u64().unwrap(), v["lr"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(lrs.len(), 10);
+    for (it, lr) in lrs {
+        // Record `it` reports the rate of step `it - 1` (tiny.json: base 0.05).
+        let decays = [5, 8].iter().filter(|&&m| it > m).count() as i32;
+        let want = 0.05 * 0.1f64.powi(decays);
+        assert!((lr - want).abs() < want * 1e-6, "lr {lr} at iteration {it}, want {want}");
+    }
+    // A scale that merges the two milestones is refused, naming the flag.
+    let mut extra = schedule.to_vec();
+    extra.extend(["--schedule-scale", "0.02"]);
+    assert_fails(
+        &dropjit(t, &train_args(&data, &graph, "merged", &extra)),
+        &["--schedule-scale 0.02", "[20, 30]"],
+    );
 }
 
 #[test]

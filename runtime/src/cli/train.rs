@@ -72,6 +72,9 @@ pub struct TrainArgs {
     /// Multistep factor at each milestone, in (0, 1).
     #[arg(long, allow_negative_numbers = true)]
     pub gamma: Option<f64>,
+    /// Scale the run length and every milestone together (0.25: a quarter-length recipe).
+    #[arg(long, allow_negative_numbers = true)]
+    pub schedule_scale: Option<f64>,
     /// Cosine schedule's final learning rate.
     #[arg(long, allow_negative_numbers = true)]
     pub min_lr: Option<f64>,
@@ -193,6 +196,11 @@ fn check_flags(a: &TrainArgs) -> Result<(), CliError> {
             .into());
         }
     }
+    if let Some(s) = a.schedule_scale {
+        if !(s.is_finite() && s > 0.0) {
+            return Err(format!("--schedule-scale must be a positive number, got {s}").into());
+        }
+    }
     if let Some(m) = a.min_lr {
         if !(m.is_finite() && m >= 0.0) {
             return Err(format!("--min-lr must be >= 0, got {m}").into());
@@ -312,6 +320,42 @@ fn resolve_recipe(base: &Recipe, a: &TrainArgs) -> Result<Recipe, CliError> {
     Ok(r)
 }
 
+/// `--schedule-scale S`: the run length and every milestone times `S`,
+/// rounded to whole iterations; refuses a scale that leaves no iteration or
+/// merges two milestones (the decays would no longer be the recipe's).
+fn scale_schedule(
+    iterations: usize,
+    schedule: &Schedule,
+    scale: f64,
+) -> Result<(usize, Schedule), CliError> {
+    let scaled = |n: usize| (n as f64 * scale).round() as usize;
+    let total = scaled(iterations);
+    if total == 0 {
+        return Err(format!(
+            "--schedule-scale {scale} leaves no iteration of the {iterations}-iteration run"
+        )
+        .into());
+    }
+    let schedule = match schedule {
+        Schedule::MultiStep { milestones, gamma } => {
+            let m: Vec<usize> = milestones.iter().map(|&m| scaled(m)).collect();
+            if m.contains(&0) || m.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!(
+                    "--schedule-scale {scale} turns the milestones {milestones:?} into {m:?}; \
+                     choose a larger scale"
+                )
+                .into());
+            }
+            Schedule::MultiStep {
+                milestones: m,
+                gamma: *gamma,
+            }
+        }
+        s => s.clone(),
+    };
+    Ok((total, schedule))
+}
+
 fn schedule_name(s: &Schedule) -> &'static str {
     match s {
         Schedule::Constant => "constant",
@@ -393,6 +437,10 @@ fn start(a: &TrainArgs) -> Result<ExitCode, CliError> {
         Length::Iterations(n) => (n, None),
         Length::Epochs(e) => (e * ipe, Some(e)),
     };
+    let (iterations, schedule) = match a.schedule_scale {
+        Some(s) => scale_schedule(iterations, &recipe.schedule, s)?,
+        None => (iterations, recipe.schedule.clone()),
+    };
     let params = match &a.init {
         Some(w) => crate::weights::load(&g, w)?,
         None => dropjit_graph::init::init_params(&g, seed),
@@ -415,7 +463,8 @@ fn start(a: &TrainArgs) -> Result<ExitCode, CliError> {
             epochs,
             iterations_per_epoch: ipe,
             base_lr: recipe.base_lr,
-            schedule: ScheduleConfig::of(&recipe.schedule),
+            schedule: ScheduleConfig::of(&schedule),
+            schedule_scale: a.schedule_scale,
             momentum: recipe.momentum,
             weight_decay: recipe.weight_decay,
             shuffle: recipe.shuffle,
@@ -588,6 +637,7 @@ fn fixed_flags_given(a: &TrainArgs) -> Vec<&'static str> {
         ("--schedule", a.schedule.is_some()),
         ("--milestones", a.milestones.is_some()),
         ("--gamma", a.gamma.is_some()),
+        ("--schedule-scale", a.schedule_scale.is_some()),
         ("--min-lr", a.min_lr.is_some()),
         ("--wd", a.wd.is_some()),
         ("--momentum", a.momentum.is_some()),
@@ -647,7 +697,8 @@ fn print_header(cfg: &RunConfig, data: &RunData, dir: &Path, what: &str) {
             // Milestones are absolute iteration numbers; a shortened run
             // keeps them, which is rarely what was meant.
             println!(
-                "note: lr milestone(s) {late:?} are not before the last iteration ({}):                  that decay never happens; pass --milestones to rescale the schedule",
+                "note: lr milestone(s) {late:?} are not before the last iteration ({}): that \
+                 decay never happens; --schedule-scale S shortens the run and its milestones together",
                 r.iterations
             );
         }

@@ -56,7 +56,11 @@ pub struct RecipeConfig {
     /// Training batches per epoch (the last partial batch is dropped).
     pub iterations_per_epoch: usize,
     pub base_lr: f64,
+    /// The schedule as run (after `--schedule-scale`).
     pub schedule: ScheduleConfig,
+    /// `--schedule-scale`: the recipe's length and milestones were multiplied by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_scale: Option<f64>,
     pub momentum: f64,
     pub weight_decay: f64,
     pub shuffle: bool,
