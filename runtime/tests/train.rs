@@ -522,7 +522,10 @@ fn schedule_scale_shortens_the_run_and_its_milestones_together() {
         // Record `it` reports the rate of step `it - 1` (tiny.json: base 0.05).
         let decays = [5, 8].iter().filter(|&&m| it > m).count() as i32;
         let want = 0.05 * 0.1f64.powi(decays);
-        assert!((lr - want).abs() < want * 1e-6, "lr {lr} at iteration {it}, want {want}");
+        assert!(
+            (lr - want).abs() < want * 1e-6,
+            "lr {lr} at iteration {it}, want {want}"
+        );
     }
     // A scale that merges the two milestones is refused, naming the flag.
     let mut extra = schedule.to_vec();

@@ -8,6 +8,7 @@ mod eval;
 mod grad;
 mod gradcheck;
 mod info;
+mod sweep;
 mod train;
 
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Download and list data sets.
     Data(data::DataArgs),
+    /// Run a sweep file's runs (here, or as a Slurm job array); show where they stand.
+    Sweep(sweep::SweepArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -89,5 +92,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Eval(args) => eval::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Data(args) => data::run(&args),
+        Command::Sweep(args) => sweep::run(&args),
     }
 }
