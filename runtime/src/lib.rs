@@ -8,6 +8,7 @@ pub mod durable;
 pub mod engine;
 pub mod fetch;
 pub mod jit_engine;
+pub mod report;
 pub mod sweep;
 pub mod tensors;
 pub mod train;

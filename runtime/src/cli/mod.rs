@@ -8,6 +8,7 @@ mod eval;
 mod grad;
 mod gradcheck;
 mod info;
+mod report;
 mod sweep;
 mod train;
 
@@ -53,6 +54,10 @@ pub enum Command {
     Data(data::DataArgs),
     /// Run a sweep file's runs (here, or as a Slurm job array); show where they stand.
     Sweep(sweep::SweepArgs),
+    /// A sweep's table (mean ± sd over seeds beside the paper's figures) and plots.
+    Report(report::ReportArgs),
+    /// Training curves of run directories (SVG and PNG).
+    Plot(report::PlotArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -93,5 +98,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Bench(args) => bench::run(&args),
         Command::Data(args) => data::run(&args),
         Command::Sweep(args) => sweep::run(&args),
+        Command::Report(args) => report::run_report(&args),
+        Command::Plot(args) => report::run_plot(&args),
     }
 }

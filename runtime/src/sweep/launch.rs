@@ -2,7 +2,7 @@
 //! `--resume` from its last checkpoint; its output appended to the run's
 //! `train.log`; a failure recorded in the run directory.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -20,6 +20,42 @@ pub struct Launcher<'a> {
     pub data_root: PathBuf,
     /// The `dropjit` binary to run (this one).
     pub exe: PathBuf,
+}
+
+/// A started run: its process and the lock on its directory.
+pub struct Running {
+    pub child: Child,
+    _lock: File,
+}
+
+pub const LOCK_FILE: &str = ".sweep-lock";
+
+/// An exclusive `flock` on the run directory, or `None` if another process
+/// holds it. The `train` child inherits the locked descriptor, so the lock
+/// lasts until the run's process is gone even when the sweep that started it
+/// was killed: a restarted sweep (or a requeued Slurm task) waits for the old
+/// process's last checkpoint instead of resuming under its feet.
+pub fn lock_run(run_dir: &Path) -> Result<Option<File>, SweepError> {
+    let path = run_dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| SweepError::io(&path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Ok(None);
+            }
+            return Err(SweepError::io(&path, format!("cannot lock: {e}")));
+        }
+    }
+    Ok(Some(f))
 }
 
 /// How a child ended.
@@ -79,10 +115,14 @@ impl Launcher<'_> {
         Ok(v)
     }
 
-    /// Starts `run`, its output appended to the run's `train.log`.
-    pub fn spawn(&self, run: &PlannedRun, threads: usize) -> Result<Child, SweepError> {
+    /// Starts `run`, its output appended to the run's `train.log`; `None`
+    /// while another process holds the run (see [`lock_run`]).
+    pub fn spawn(&self, run: &PlannedRun, threads: usize) -> Result<Option<Running>, SweepError> {
         let rd = self.run_dir(run);
         std::fs::create_dir_all(&rd).map_err(|e| SweepError::io(&rd, e))?;
+        let Some(lock) = lock_run(&rd)? else {
+            return Ok(None);
+        };
         let failed = rd.join(FAILED_FILE);
         if failed.exists() {
             std::fs::remove_file(&failed).map_err(|e| SweepError::io(&failed, e))?;
@@ -99,9 +139,11 @@ impl Launcher<'_> {
         writeln!(f, "== dropjit {}", args.join(" ")).map_err(|e| SweepError::io(&path, e))?;
         let err = f.try_clone().map_err(|e| SweepError::io(&path, e))?;
         cmd.stdout(f).stderr(err);
-        die_with_parent(&mut cmd);
-        cmd.spawn()
-            .map_err(|e| SweepError::io(&self.exe, format!("cannot start: {e}")))
+        child_setup(&mut cmd, &lock);
+        let child = cmd
+            .spawn()
+            .map_err(|e| SweepError::io(&self.exe, format!("cannot start: {e}")))?;
+        Ok(Some(Running { child, _lock: lock }))
     }
 
     /// Reads how `run` ended; a failure is written into its directory.
@@ -158,20 +200,25 @@ fn interrupted(status: ExitStatus) -> bool {
 /// sweep alone, which passes on exactly one SIGTERM (a second signal would
 /// end `train` at once, without its checkpoint). If the sweep itself is
 /// killed (SIGKILL, a lost allocation), the child gets SIGTERM, checkpoints
-/// and stops, instead of training on unseen.
-fn die_with_parent(cmd: &mut Command) {
+/// and stops, instead of training on unseen. It keeps the run's lock.
+fn child_setup(cmd: &mut Command, lock: &File) {
     #[cfg(target_os = "linux")]
     {
+        use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
-        // SAFETY: setpgid and prctl are async-signal-safe and touch no memory of ours.
+        let fd = lock.as_raw_fd();
+        // SAFETY: setpgid, prctl and fcntl are async-signal-safe and touch no
+        // memory of ours.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::setpgid(0, 0);
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // Keep the locked descriptor open across exec (clear CLOEXEC).
+                libc::fcntl(fd, libc::F_SETFD, 0);
                 Ok(())
             });
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
+    let _ = (cmd, lock);
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::launch::{Ended, Launcher};
+use super::launch::{Ended, Launcher, Running};
 use super::spec::PlannedRun;
 use super::status::{live_progress, run_status, LOG_FILE};
 use super::SweepError;
@@ -24,7 +24,7 @@ pub struct LocalOutcome {
 
 struct Active<'r> {
     run: &'r PlannedRun,
-    child: Child,
+    running: Running,
 }
 
 /// Every run of `launcher`'s plan not yet finished, `jobs` at a time with
@@ -58,6 +58,7 @@ pub fn run_local(
     let mut failed = Vec::new();
     let mut stopping = false;
     let mut forwarded = false;
+    let mut waiting_on = 0;
     loop {
         if !stopping && interrupt::received().is_some() {
             stopping = true;
@@ -67,26 +68,47 @@ pub fn run_local(
             // Children run in their own process groups (see `launch`): they
             // hear of the signal from us, once.
             for a in &active {
-                forward_sigterm(&a.child);
+                forward_sigterm(&a.running.child);
             }
             forwarded = true;
         }
+        let mut held = Vec::new();
         while !stopping && active.len() < jobs {
             let Some(run) = queue.pop() else { break };
-            let child = launcher.spawn(run, threads)?;
-            progress.line(&format!(
-                "start  {} (log: {})",
-                run.name,
-                launcher.run_dir(run).join(LOG_FILE).display()
-            ));
-            active.push(Active { run, child });
+            match launcher.spawn(run, threads)? {
+                Some(running) => {
+                    progress.line(&format!(
+                        "start  {} (log: {})",
+                        run.name,
+                        launcher.run_dir(run).join(LOG_FILE).display()
+                    ));
+                    active.push(Active { run, running });
+                }
+                None => held.push(run),
+            }
         }
+        if !held.is_empty() && held.len() != waiting_on {
+            let names: Vec<&str> = held.iter().map(|r| r.name.as_str()).collect();
+            progress.line(&format!(
+                "waiting: {} held by another process (an earlier sweep's run finishing \
+                 its checkpoint, or another sweep on this directory)",
+                names.join(", ")
+            ));
+        }
+        waiting_on = held.len();
+        // Held runs go back to the front of the queue, to be tried again.
+        queue.extend(held.into_iter().rev());
         if active.is_empty() {
-            break;
+            if queue.is_empty() || stopping {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
         }
         let mut i = 0;
         while i < active.len() {
             let status = active[i]
+                .running
                 .child
                 .try_wait()
                 .map_err(|e| SweepError::Other(format!("waiting for a run: {e}")))?;

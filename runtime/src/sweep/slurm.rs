@@ -202,7 +202,21 @@ pub fn run_array_task(
     );
     interrupt::install();
     println!("output: {}", rd.join(super::status::LOG_FILE).display());
-    let mut child = launcher.spawn(run, threads)?;
+    let mut announced = false;
+    let mut running = loop {
+        if let Some(r) = launcher.spawn(run, threads)? {
+            break r;
+        }
+        if !announced {
+            println!(
+                "waiting: another process holds {} (a previous task finishing its checkpoint?)",
+                rd.display()
+            );
+            announced = true;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    };
+    let child = &mut running.child;
     let mut forwarded = false;
     let status = loop {
         if let Some(s) = child
