@@ -11,17 +11,14 @@
 //! state dir, munge socket and ports each).
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("runtime/ has a parent")
-        .to_path_buf()
-}
+mod support;
+
+use support::{json, repo_root, test_data, text, tiny};
 
 /// A running single-node cluster; `Drop` stops its daemons.
 struct LocalSlurm {
@@ -260,4 +257,98 @@ fn job_array_runs_every_task() {
             .unwrap_or_else(|| panic!("{}: unexpected {text:?}", path.display()));
         assert!(!host.is_empty(), "{}: no host name", path.display());
     }
+}
+
+/// `dropjit sweep --slurm` end to end: 2 cells x 2 seeds submitted as a job
+/// array on the local cluster, each task one run on the shared sweep
+/// directory; then `--status` and `report` read the results.
+#[test]
+fn sweep_runs_as_a_slurm_job_array() {
+    let Some(cluster) = cluster_or_skip() else {
+        return;
+    };
+    let (_d, data) = test_data();
+    let tmp = tempfile::Builder::new()
+        .prefix("dropjit-slurm-sweep-")
+        .tempdir_in("/tmp")
+        .expect("sweep dir");
+    let t = tmp.path();
+    let spec = t.join("spec.json");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"{{"name": "on-slurm", "model": "{}", "seeds": [0, 1],
+  "train": {{"iterations": 6, "limit_train": 256, "limit_test": 64}},
+  "cells": [{{"mode": "plain"}}, {{"mode": "standard", "fwd": 0.1}}],
+  "slurm": {{"cpus_per_task": 1, "sbatch": ["--mem=500M"]}}}}"#,
+            tiny()
+        ),
+    )
+    .unwrap();
+    let (spec, dir, data) = (
+        spec.display().to_string(),
+        t.join("sweep").display().to_string(),
+        data.display().to_string(),
+    );
+    let dropjit = env!("CARGO_BIN_EXE_dropjit");
+    let submitted = cluster
+        .run(
+            dropjit,
+            &["sweep", &spec, "--dir", &dir, "--data", &data, "--slurm"],
+        )
+        .expect("dropjit sweep --slurm");
+    let job = submitted
+        .split("submitted job array ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .unwrap_or_else(|| panic!("no job id in {submitted:?}"))
+        .to_string();
+    let logs = t.join("sweep/slurm");
+    if let Err(e) = cluster.wait_for_job(&job, Duration::from_secs(300)) {
+        panic!("{e}\n{}", dump_dir(&logs));
+    }
+    let runs = ["plain-s0", "plain-s1", "standard-0.1-s0", "standard-0.1-s1"];
+    for (i, run) in runs.iter().enumerate() {
+        let summary = t.join("sweep/runs").join(run).join("summary.json");
+        assert!(
+            summary.is_file(),
+            "{run} did not finish\n{}",
+            dump_dir(&logs)
+        );
+        assert_eq!(json(&summary)["iterations"], 6);
+        // One task per run, each with its own Slurm log naming its run.
+        let log = std::fs::read_to_string(logs.join(format!("{job}_{i}.out"))).unwrap();
+        assert!(
+            log.contains(&format!("run {i} of sweep on-slurm: {run}")),
+            "{log}"
+        );
+    }
+    let out = cluster
+        .run(dropjit, &["sweep", &spec, "--dir", &dir, "--status"])
+        .unwrap();
+    assert!(
+        out.contains("4 runs: 4 done, 0 partial, 0 failed, 0 pending"),
+        "{out}"
+    );
+    let report = std::process::Command::new(dropjit)
+        .args(["report", &dir])
+        .output()
+        .unwrap();
+    let md = text(&report.stdout);
+    assert!(report.status.success(), "{}", text(&report.stderr));
+    for cell in ["plain", "standard-0.1"] {
+        let row = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| {cell} |")))
+            .unwrap_or_else(|| panic!("no {cell} row:\n{md}"));
+        assert!(row.contains("| 2 |"), "two seeds in {row}");
+    }
+    // Everything is finished: a second --slurm submits nothing.
+    let again = cluster
+        .run(
+            dropjit,
+            &["sweep", &spec, "--dir", &dir, "--data", &data, "--slurm"],
+        )
+        .unwrap();
+    assert!(again.contains("nothing to submit"), "{again}");
 }
