@@ -104,7 +104,7 @@ pub fn run(a: &SweepArgs) -> Result<ExitCode, CliError> {
         plan: &plan,
         dir: &dir,
         data_root,
-        exe: std::env::current_exe().map_err(|e| format!("cannot find the dropjit binary: {e}"))?,
+        exe: this_binary()?,
     };
     if let Some(index) = a.run_index {
         let threads = a.threads.unwrap_or_else(cores);
@@ -154,6 +154,19 @@ pub fn run(a: &SweepArgs) -> Result<ExitCode, CliError> {
     }
     println!("report: dropjit report {}", dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The path of this binary. Linux names a binary replaced on disk while it
+/// runs (a rebuild during a long sweep) `PATH (deleted)`; the runs it starts
+/// from then on use the binary now at `PATH`.
+fn this_binary() -> Result<PathBuf, CliError> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the dropjit binary: {e}"))?;
+    let text = exe.display().to_string();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
 }
 
 fn print_status(plan: &Plan, dir: &Path) -> ExitCode {

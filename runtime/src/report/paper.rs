@@ -95,3 +95,44 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod shipped_sweeps {
+    use std::path::Path;
+
+    use super::PaperResults;
+    use crate::sweep::Plan;
+
+    /// Every cell of the sweep files that reproduce the paper's tables has
+    /// its published figure, so the report can put them side by side.
+    #[test]
+    fn the_paper_sweeps_expand_to_the_tables_cells() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sweeps");
+        let paper = PaperResults::shipped();
+        let expected = [
+            ("convnet_quick-cifar10-modes", 57),
+            ("resnet20-cifar10-modes", 57),
+            ("convnet_quick-svhn-augmented", 18),
+            ("convnet_quick-cifar10-augmented", 18),
+            ("resnet20-svhn-augmented", 18),
+            ("resnet20-cifar10-augmented", 18),
+            ("resnet20-cifar100-augmented", 18),
+            ("convnet_quick-cifar10-results", 27),
+        ];
+        for (name, runs) in expected {
+            let tmp = tempfile::tempdir().unwrap();
+            let plan = Plan::prepare(&root.join(format!("{name}.json")), tmp.path()).unwrap();
+            assert_eq!(plan.runs.len(), runs, "{name}");
+            for c in &plan.cells {
+                let fig = paper.lookup(&plan.model_name, &plan.dataset, &c.mode, c.fwd, c.bwd);
+                assert!(fig.is_some(), "{name}: no published figure for {}", c.name);
+            }
+        }
+        let quarter = Plan::prepare(
+            &root.join("resnet20-cifar10-quarter.json"),
+            tempfile::tempdir().unwrap().path(),
+        )
+        .unwrap();
+        assert_eq!(quarter.cells[0].train.schedule_scale, Some(0.25));
+    }
+}

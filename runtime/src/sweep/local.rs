@@ -51,7 +51,11 @@ pub fn run_local(
         plan.name,
         launcher.dir.display()
     );
-    queue.reverse(); // pop() takes them in plan order
+    // Seed by seed: every cell's first seed before any cell's second, so a
+    // sweep stopped part-way has the whole table at fewer seeds.
+    let seed_rank = |r: &PlannedRun| plan.seeds.iter().position(|&s| s == r.seed);
+    queue.sort_by_key(|r| (seed_rank(r), r.index));
+    queue.reverse(); // pop() takes them in that order
     let progress = SweepProgress::new(total, done);
     interrupt::install();
     let mut active: Vec<Active> = Vec::new();
