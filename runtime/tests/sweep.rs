@@ -374,6 +374,10 @@ fn a_killed_sweep_restarted_finishes_with_the_same_results() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // --status sees the live runs through their locks.
+    let status = text(&dropjit(t, &["sweep", &spec, "--status"]).stdout);
+    assert!(status.contains("running, iteration"), "{status}");
+    assert!(status.contains("running now)"), "{status}");
     sigkill(child.id());
     child.wait().unwrap();
     let partial = ["plain-s0", "plain-s1", "standard-0.2-s0", "standard-0.2-s1"]

@@ -11,12 +11,12 @@ use clap::Args;
 use super::data::data_root_for;
 use super::CliError;
 use crate::data::DatasetKind;
-use crate::sweep::launch::{Ended, Launcher};
+use crate::sweep::launch::{lock_run, Ended, Launcher};
 use crate::sweep::local::run_local;
 use crate::sweep::plan::Plan;
 use crate::sweep::slurm::{absolute_dir, run_array_task, submit};
 use crate::sweep::spec::SlurmSettings;
-use crate::sweep::status::{run_status, RunStatus};
+use crate::sweep::status::{live_progress, run_status, RunStatus};
 
 #[derive(Args, Debug)]
 pub struct SweepArgs {
@@ -172,18 +172,28 @@ fn this_binary() -> Result<PathBuf, CliError> {
 fn print_status(plan: &Plan, dir: &Path) -> ExitCode {
     let mut counts = [0usize; 4];
     println!("sweep {} in {}", plan.name, dir.display());
+    let mut running = 0;
     for run in &plan.runs {
-        let s = run_status(&plan.run_dir(dir, run));
+        let rd = plan.run_dir(dir, run);
+        let s = run_status(&rd);
         counts[match s {
             RunStatus::Done(_) => 0,
             RunStatus::Partial { .. } => 1,
             RunStatus::Failed { .. } => 2,
             RunStatus::Pending => 3,
         }] += 1;
-        println!("{:>4}  {:<32} {}", run.index, run.name, s.describe());
+        // A process holds the run's lock: it is being trained right now.
+        let live = !s.is_done() && rd.is_dir() && matches!(lock_run(&rd), Ok(None));
+        let what = match (live, live_progress(&rd)) {
+            (true, Some((it, n))) => format!("running, iteration {it}/{n}"),
+            (true, None) => "running, starting".to_string(),
+            (false, _) => s.describe(),
+        };
+        running += live as usize;
+        println!("{:>4}  {:<32} {what}", run.index, run.name);
     }
     println!(
-        "{} runs: {} done, {} partial, {} failed, {} pending",
+        "{} runs: {} done, {} partial, {} failed, {} pending ({running} running now)",
         plan.runs.len(),
         counts[0],
         counts[1],
