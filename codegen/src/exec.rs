@@ -459,7 +459,7 @@ fn kernel_key(k: &KernelDef) -> String {
     match k {
         KernelDef::Elementwise(e) => format!("e{:?}{:?}{:?}", e.dims, e.graph, e.outputs),
         KernelDef::Reduce(r) => format!("r{:?}{:?}{:?}", r.dims, r.graph, r.sums),
-        KernelDef::Pool(p) => format!("p{:?}{}{}{:?}", p.kind, p.grad, p.planes, p.geom),
+        KernelDef::AvgPool(p) => format!("p{}{}{:?}", p.grad, p.planes, p.geom),
         KernelDef::Shortcut(k) => format!("s{}{}{:?}", k.grad, k.images, k.geom),
         KernelDef::SoftmaxXent(k) => format!("x{}{}{}", k.grad, k.rows, k.k),
     }
@@ -479,7 +479,7 @@ fn spec(k: &KernelDef) -> &dyn KernelSpec {
     match k {
         KernelDef::Elementwise(e) => e,
         KernelDef::Reduce(r) => r,
-        KernelDef::Pool(p) => p,
+        KernelDef::AvgPool(p) => p,
         KernelDef::Shortcut(k) => k,
         KernelDef::SoftmaxXent(k) => k,
     }

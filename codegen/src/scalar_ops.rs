@@ -1,30 +1,19 @@
 //! Ops lowered to scalar loop nests rather than fused elementwise loops:
-//! pooling windows, the option-A shortcut and softmax cross-entropy. This is
+//! average-pooling windows, the option-A shortcut and softmax cross-entropy. This is
 //! their description in the schedule (name, operand extents, split range);
-//! the loops themselves are emitted by `kernels::{pool, shortcut, softmax}`.
+//! the loops themselves are emitted by `kernels::{avg_pool, shortcut, softmax}`.
 
 pub use dropjit_graph::interp::Nchw;
 use dropjit_graph::op::PoolAttrs;
 
-use crate::kernels::pool::{PoolGeom, PoolKernel, PoolKind};
+use crate::kernels::avg_pool::{AvgPoolKernel, PoolGeom};
 use crate::kernels::shortcut::{ShortcutGeom, ShortcutKernel};
 use crate::kernels::softmax::SoftmaxXentKernel;
 use crate::lower::KernelDef;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum ScalarOp {
-    MaxPool {
-        pool: PoolAttrs,
-        x: Nchw,
-        y: Nchw,
-    },
     AvgPool {
-        pool: PoolAttrs,
-        x: Nchw,
-        y: Nchw,
-    },
-    /// inputs `[dy, x]`, output dx.
-    MaxPoolGrad {
         pool: PoolAttrs,
         x: Nchw,
         y: Nchw,
@@ -58,9 +47,7 @@ pub enum ScalarOp {
 impl ScalarOp {
     pub fn name(&self) -> &'static str {
         match self {
-            ScalarOp::MaxPool { .. } => "max_pool2d",
             ScalarOp::AvgPool { .. } => "avg_pool2d",
-            ScalarOp::MaxPoolGrad { .. } => "max_pool2d_grad",
             ScalarOp::AvgPoolGrad { .. } => "avg_pool2d_grad",
             ScalarOp::ShortcutA { .. } => "shortcut_a",
             ScalarOp::ShortcutAGrad { .. } => "shortcut_a_grad",
@@ -73,10 +60,7 @@ impl ScalarOp {
     /// plan can check every access before anything runs.
     pub fn extents(&self) -> (Vec<usize>, usize) {
         match self {
-            ScalarOp::MaxPool { x, y, .. } | ScalarOp::AvgPool { x, y, .. } => {
-                (vec![x.len()], y.len())
-            }
-            ScalarOp::MaxPoolGrad { x, y, .. } => (vec![y.len(), x.len()], x.len()),
+            ScalarOp::AvgPool { x, y, .. } => (vec![x.len()], y.len()),
             ScalarOp::AvgPoolGrad { x, y, .. } => (vec![y.len()], x.len()),
             ScalarOp::ShortcutA { x, y, .. } => (vec![x.len()], y.len()),
             ScalarOp::ShortcutAGrad { x, y, .. } => (vec![y.len()], x.len()),
@@ -90,12 +74,8 @@ impl ScalarOp {
     /// in-order sum over the batch).
     pub fn range(&self) -> usize {
         match self {
-            ScalarOp::MaxPool { y, .. }
-            | ScalarOp::AvgPool { y, .. }
-            | ScalarOp::ShortcutA { y, .. } => y.n * y.c,
-            ScalarOp::MaxPoolGrad { x, .. }
-            | ScalarOp::AvgPoolGrad { x, .. }
-            | ScalarOp::ShortcutAGrad { x, .. } => x.n * x.c,
+            ScalarOp::AvgPool { y, .. } | ScalarOp::ShortcutA { y, .. } => y.n * y.c,
+            ScalarOp::AvgPoolGrad { x, .. } | ScalarOp::ShortcutAGrad { x, .. } => x.n * x.c,
             ScalarOp::SoftmaxCrossEntropy { .. } => 1,
             ScalarOp::SoftmaxCrossEntropyGrad { n, .. } => *n,
         }
@@ -105,35 +85,23 @@ impl ScalarOp {
     pub fn kernel(&self, symbol: &str, comment: &str) -> KernelDef {
         let (symbol, comment) = (symbol.to_string(), comment.to_string());
         match *self {
-            ScalarOp::MaxPool { pool, x, y }
-            | ScalarOp::AvgPool { pool, x, y }
-            | ScalarOp::MaxPoolGrad { pool, x, y }
-            | ScalarOp::AvgPoolGrad { pool, x, y } => KernelDef::Pool(PoolKernel {
-                symbol,
-                comment,
-                kind: if matches!(
-                    self,
-                    ScalarOp::MaxPool { .. } | ScalarOp::MaxPoolGrad { .. }
-                ) {
-                    PoolKind::Max
-                } else {
-                    PoolKind::Avg
-                },
-                grad: matches!(
-                    self,
-                    ScalarOp::MaxPoolGrad { .. } | ScalarOp::AvgPoolGrad { .. }
-                ),
-                planes: x.n * x.c,
-                geom: PoolGeom {
-                    in_h: x.h,
-                    in_w: x.w,
-                    out_h: y.h,
-                    out_w: y.w,
-                    kernel: pool.kernel,
-                    stride: pool.stride,
-                    padding: pool.padding,
-                },
-            }),
+            ScalarOp::AvgPool { pool, x, y } | ScalarOp::AvgPoolGrad { pool, x, y } => {
+                KernelDef::AvgPool(AvgPoolKernel {
+                    symbol,
+                    comment,
+                    grad: matches!(self, ScalarOp::AvgPoolGrad { .. }),
+                    planes: x.n * x.c,
+                    geom: PoolGeom {
+                        in_h: x.h,
+                        in_w: x.w,
+                        out_h: y.h,
+                        out_w: y.w,
+                        kernel: pool.kernel,
+                        stride: pool.stride,
+                        padding: pool.padding,
+                    },
+                })
+            }
             ScalarOp::ShortcutA { stride, x, y } | ScalarOp::ShortcutAGrad { stride, x, y } => {
                 KernelDef::Shortcut(ShortcutKernel {
                     symbol,

@@ -30,9 +30,9 @@ use dropjit_graph::op::Op;
 use dropjit_graph::{Graph, NodeId, TensorType};
 
 use crate::conv::{ConvIsa, ConvPass};
+use crate::kernels::avg_pool::AvgPoolKernel;
 use crate::kernels::elementwise::ElementwiseKernel;
 use crate::kernels::expr::Dims;
-use crate::kernels::pool::PoolKernel;
 use crate::kernels::reduce::ReduceKernel;
 use crate::kernels::shortcut::ShortcutKernel;
 use crate::kernels::softmax::SoftmaxXentKernel;
@@ -48,7 +48,7 @@ use fusion::Group;
 pub enum KernelDef {
     Elementwise(ElementwiseKernel),
     Reduce(ReduceKernel),
-    Pool(PoolKernel),
+    AvgPool(AvgPoolKernel),
     Shortcut(ShortcutKernel),
     SoftmaxXent(SoftmaxXentKernel),
 }
