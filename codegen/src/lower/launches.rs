@@ -2,15 +2,18 @@
 //! and BatchNorm's statistics folded into the forward pass when only they
 //! read its output), GEMMs, max pooling in Rust, and the scalar loop nests.
 
+use dropjit_graph::interp::Nchw;
 use dropjit_graph::op::{Conv2dAttrs, Op};
 use dropjit_graph::NodeId;
 
-use super::Lower;
+use super::{KernelDef, Lower};
 use crate::conv::{ConvLaunch, ConvPass};
+use crate::kernels::avg_pool::{AvgPoolKernel, PoolGeom};
 use crate::kernels::gemm::{ConvGeom, GemmDesc};
+use crate::kernels::shortcut::{ShortcutGeom, ShortcutKernel};
+use crate::kernels::softmax::SoftmaxXentKernel;
 use crate::maxpool::MaxPoolLaunch;
-use crate::scalar_ops::{Nchw, ScalarOp};
-use crate::schedule::{BufRef, LaunchKind, NativeOp};
+use crate::schedule::{BufRef, LaunchKind, NativeOp, ScalarOp};
 use crate::CodegenError;
 
 impl Lower<'_> {
@@ -180,7 +183,8 @@ impl Lower<'_> {
         let mut args: Vec<BufRef> = ins.iter().map(|&i| self.buf(i)).collect();
         args.push(out);
         let func = self.kernels.len();
-        self.kernels.push(op.kernel(&format!("k{func}"), &name));
+        self.kernels
+            .push(scalar_kernel(&op, &format!("k{func}"), &name));
         self.launch(LaunchKind::Scalar { func, op }, args, &[id]);
         self.value[id.index()] = Some(out);
     }
@@ -196,4 +200,54 @@ fn conv_geom(x: Nchw, a: &Conv2dAttrs) -> ConvGeom {
         (a.stride, a.stride),
         (a.padding, a.padding),
     )
+}
+
+/// The loop nest that implements scalar op `op`.
+fn scalar_kernel(op: &ScalarOp, symbol: &str, comment: &str) -> KernelDef {
+    let (symbol, comment) = (symbol.to_string(), comment.to_string());
+    match *op {
+        ScalarOp::AvgPool { pool, x, y } | ScalarOp::AvgPoolGrad { pool, x, y } => {
+            KernelDef::AvgPool(AvgPoolKernel {
+                symbol,
+                comment,
+                grad: matches!(op, ScalarOp::AvgPoolGrad { .. }),
+                planes: x.n * x.c,
+                geom: PoolGeom {
+                    in_h: x.h,
+                    in_w: x.w,
+                    out_h: y.h,
+                    out_w: y.w,
+                    kernel: pool.kernel,
+                    stride: pool.stride,
+                    padding: pool.padding,
+                },
+            })
+        }
+        ScalarOp::ShortcutA { stride, x, y } | ScalarOp::ShortcutAGrad { stride, x, y } => {
+            KernelDef::Shortcut(ShortcutKernel {
+                symbol,
+                comment,
+                grad: matches!(op, ScalarOp::ShortcutAGrad { .. }),
+                images: x.n,
+                geom: ShortcutGeom {
+                    c_in: x.c,
+                    in_h: x.h,
+                    in_w: x.w,
+                    c_out: y.c,
+                    out_h: y.h,
+                    out_w: y.w,
+                    stride,
+                },
+            })
+        }
+        ScalarOp::SoftmaxCrossEntropy { n, k } | ScalarOp::SoftmaxCrossEntropyGrad { n, k } => {
+            KernelDef::SoftmaxXent(SoftmaxXentKernel {
+                symbol,
+                comment,
+                grad: matches!(op, ScalarOp::SoftmaxCrossEntropyGrad { .. }),
+                rows: n,
+                k,
+            })
+        }
+    }
 }

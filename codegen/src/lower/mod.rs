@@ -16,7 +16,7 @@
 //!   (`channel_stats`). BatchNorm's input gradient is a reduction plus an
 //!   elementwise node that joins the next fused run (`bn_grad`).
 //! - Average pooling windows, the option-A shortcut and the loss are scalar
-//!   Cranelift loop nests (`launches`; `kernels::{pool, shortcut, softmax}`).
+//!   Cranelift loop nests (`launches`; `kernels::{avg_pool, shortcut, softmax}`).
 //! - The SGD updates are deferred to the end of the step and fused per run of
 //!   parameters that share their hyper-parameters (`sgd`).
 
@@ -26,6 +26,7 @@ mod fusion;
 mod launches;
 mod sgd;
 
+use dropjit_graph::interp::Nchw;
 use dropjit_graph::op::Op;
 use dropjit_graph::{Graph, NodeId, TensorType};
 
@@ -38,8 +39,7 @@ use crate::kernels::shortcut::ShortcutKernel;
 use crate::kernels::softmax::SoftmaxXentKernel;
 use crate::layout::StateLayout;
 use crate::maxpool::MaxPoolLaunch;
-use crate::scalar_ops::{Nchw, ScalarOp};
-use crate::schedule::{BufKind, BufRef, Buffer, Launch, LaunchKind, Schedule};
+use crate::schedule::{BufKind, BufRef, Buffer, Launch, LaunchKind, ScalarOp, Schedule};
 use crate::CodegenError;
 
 use fusion::Group;
