@@ -20,8 +20,8 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 
 use super::expr::{BufId, Dims, ExprGraph, ExprId};
+use super::expr_to_clif::{counted_loop, emit_row, ChanMode, Chunk, ExprEmitter};
 use super::jit::{FuncEnv, KernelSpec, Result};
-use super::lower::{counted_loop, emit_row, ChanMode, Chunk, Lowerer};
 
 /// One output stream: `buf[e] = value(e)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,7 +145,7 @@ impl KernelSpec for ElementwiseKernel {
         let Dims { chans, inner, .. } = self.dims;
         let mode = self.mode();
         let out_bufs: Vec<BufId> = self.outputs.iter().map(|o| o.buf).collect();
-        let mut lw = Lowerer::new(
+        let mut em = ExprEmitter::new(
             b,
             &self.graph,
             &self.roots(),
@@ -155,19 +155,19 @@ impl KernelSpec for ElementwiseKernel {
             [args, keys],
         );
         let stores: Vec<(BufId, ExprId)> = self.outputs.iter().map(|o| (o.buf, o.value)).collect();
-        let on_group = |b: &mut FunctionBuilder, lw: &mut Lowerer, chunks: &[Chunk]| {
-            lw.eval_group(b, chunks, &stores);
+        let on_group = |b: &mut FunctionBuilder, em: &mut ExprEmitter, chunks: &[Chunk]| {
+            em.eval_group(b, chunks, &stores);
         };
         counted_loop(b, begin, end, 1, true, &mut |b, o| {
             let row0 = b.ins().imul_imm_s(o, (chans * inner) as i64);
             match mode {
                 ChanMode::PerElem => {
-                    emit_row(b, row0, chans, &mut |b, ch| on_group(b, &mut lw, ch));
+                    emit_row(b, row0, chans, &mut |b, ch| on_group(b, &mut em, ch));
                 }
                 ChanMode::PerRow if chans == 1 => {
                     let c = b.ins().iconst(I64, 0);
-                    lw.begin_row(b, c);
-                    emit_row(b, row0, inner, &mut |b, ch| on_group(b, &mut lw, ch));
+                    em.begin_row(b, c);
+                    emit_row(b, row0, inner, &mut |b, ch| on_group(b, &mut em, ch));
                 }
                 ChanMode::PerRow => {
                     let zero = b.ins().iconst(I64, 0);
@@ -175,8 +175,8 @@ impl KernelSpec for ElementwiseKernel {
                     counted_loop(b, zero, nc, 1, false, &mut |b, c| {
                         let off = b.ins().imul_imm_s(c, inner as i64);
                         let row = b.ins().iadd(row0, off);
-                        lw.begin_row(b, c);
-                        emit_row(b, row, inner, &mut |b, ch| on_group(b, &mut lw, ch));
+                        em.begin_row(b, c);
+                        emit_row(b, row, inner, &mut |b, ch| on_group(b, &mut em, ch));
                     });
                 }
             }

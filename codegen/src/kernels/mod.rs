@@ -16,9 +16,9 @@
 pub mod avg_pool;
 pub mod elementwise;
 pub mod expr;
+mod expr_to_clif;
 pub mod gemm;
 pub mod jit;
-mod lower;
 pub mod parallel;
 pub mod reduce;
 mod scalar;

@@ -23,8 +23,8 @@ use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
 
 use super::expr::{BufId, Dims, ExprGraph, ExprId};
+use super::expr_to_clif::{counted_loop, emit_row, ChanMode, Chunk, ExprEmitter};
 use super::jit::{FuncEnv, KernelSpec, Result};
-use super::lower::{counted_loop, emit_row, ChanMode, Chunk, Lowerer};
 
 /// `buf[c] = scale * sum over (outer, i) of value`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -172,7 +172,7 @@ impl KernelSpec for ReduceKernel {
         } = self.dims;
         let nvec = inner / 4;
         let out_bufs: Vec<BufId> = self.sums.iter().map(|s| s.buf).collect();
-        let mut lw = Lowerer::new(
+        let mut em = ExprEmitter::new(
             b,
             &self.graph,
             &self.roots(),
@@ -183,7 +183,7 @@ impl KernelSpec for ReduceKernel {
         );
         let sums = &self.sums;
         counted_loop(b, begin, end, 1, true, &mut |b, c| {
-            lw.begin_row(b, c);
+            em.begin_row(b, c);
             let acc64: Vec<Variable> = sums.iter().map(|_| b.declare_var(F64)).collect();
             let z64 = b.ins().f64const(0.0);
             for v in &acc64 {
@@ -212,7 +212,7 @@ impl KernelSpec for ReduceKernel {
                     row_e,
                     inner,
                     &mut |b: &mut FunctionBuilder, chunks: &[Chunk]| {
-                        let vals = lw.eval_group(b, chunks, &[]);
+                        let vals = em.eval_group(b, chunks, &[]);
                         for (s, sum) in sums.iter().enumerate() {
                             for (k, ch) in chunks.iter().enumerate() {
                                 let v = vals[sum.value.0 as usize][k].expect("sum value");
@@ -255,7 +255,7 @@ impl KernelSpec for ReduceKernel {
                 let r = b.ins().fmul(a, k);
                 let r = b.ins().fdemote(cranelift_codegen::ir::types::F32, r);
                 let off = b.ins().ishl_imm_u(c, 2);
-                let addr = b.ins().iadd(lw.buf(sum.buf), off);
+                let addr = b.ins().iadd(em.buf(sum.buf), off);
                 b.ins().store(MemFlagsData::trusted(), r, addr, 0);
             }
         });

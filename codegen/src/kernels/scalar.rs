@@ -10,7 +10,7 @@ use cranelift_codegen::ir::types::{F32, F32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
-pub(crate) use super::lower::counted_loop;
+pub(crate) use super::expr_to_clif::counted_loop;
 
 /// Base pointer of buffer `BufId(i)`.
 pub(crate) fn arg_ptr(b: &mut FunctionBuilder, ptr_ty: Type, args: Value, i: usize) -> Value {
