@@ -288,7 +288,7 @@ impl Builder {
         for i in order {
             let (name, op, inputs, f) = &parsed[i];
             let ins: Vec<NodeId> = inputs.iter().map(|n| self.by_name[*n]).collect();
-            let out = self.lower(name, op, &ins, f)?;
+            let out = self.build_layer(name, op, &ins, f)?;
             f.finish()?;
             self.by_name.insert(name.to_string(), out);
         }
@@ -415,7 +415,9 @@ impl Builder {
         Ok(())
     }
 
-    fn lower(&mut self, name: &str, op: &str, ins: &[NodeId], f: &Fields) -> Result<NodeId> {
+    /// Adds the IR nodes and parameters of layer `name` (`op` over the nodes
+    /// `ins`) and returns the node holding its output.
+    fn build_layer(&mut self, name: &str, op: &str, ins: &[NodeId], f: &Fields) -> Result<NodeId> {
         self.layer = name.to_string();
         let start = self.graph.params.len();
         let mut macs = 0u64;
