@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use dropjit_graph::recipe::{Augment, Length, Normalize, Recipe, Schedule};
+use dropjit_graph::recipe::{Augment, Length, LrSchedule, Normalize, Recipe};
 use dropjit_graph::step::SgdConfig;
 use dropjit_graph::{Graph, LoadOptions};
 
@@ -235,16 +235,16 @@ fn resolve_recipe(base: &Recipe, a: &TrainArgs) -> Result<Recipe, CliError> {
         r.base_lr = lr;
     }
     r.schedule = match (a.schedule, r.schedule) {
-        (Some(ScheduleArg::Constant), _) => Schedule::Constant,
-        (Some(ScheduleArg::Multistep), _) => Schedule::MultiStep {
+        (Some(ScheduleArg::Constant), _) => LrSchedule::Constant,
+        (Some(ScheduleArg::Multistep), _) => LrSchedule::MultiStep {
             milestones: vec![],
             gamma: 0.1,
         },
-        (Some(ScheduleArg::Cosine), _) => Schedule::Cosine { min_lr: 0.0 },
+        (Some(ScheduleArg::Cosine), _) => LrSchedule::Cosine { min_lr: 0.0 },
         (None, s) => s,
     };
     match &mut r.schedule {
-        Schedule::MultiStep { milestones, gamma } => {
+        LrSchedule::MultiStep { milestones, gamma } => {
             if let Some(m) = &a.milestones {
                 *milestones = m.clone();
             }
@@ -263,7 +263,7 @@ fn resolve_recipe(base: &Recipe, a: &TrainArgs) -> Result<Recipe, CliError> {
         }
     }
     match &mut r.schedule {
-        Schedule::Cosine { min_lr } => {
+        LrSchedule::Cosine { min_lr } => {
             if let Some(m) = a.min_lr {
                 *min_lr = m;
             }
@@ -312,11 +312,11 @@ fn resolve_recipe(base: &Recipe, a: &TrainArgs) -> Result<Recipe, CliError> {
     Ok(r)
 }
 
-fn schedule_name(s: &Schedule) -> &'static str {
+fn schedule_name(s: &LrSchedule) -> &'static str {
     match s {
-        Schedule::Constant => "constant",
-        Schedule::MultiStep { .. } => "multistep",
-        Schedule::Cosine { .. } => "cosine",
+        LrSchedule::Constant => "constant",
+        LrSchedule::MultiStep { .. } => "multistep",
+        LrSchedule::Cosine { .. } => "cosine",
     }
 }
 
