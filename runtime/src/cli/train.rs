@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use dropjit_graph::recipe::{Augment, Length, LrSchedule, Normalize, Recipe};
 use dropjit_graph::step::SgdConfig;
-use dropjit_graph::{Graph, LoadOptions};
+use dropjit_graph::{Graph, GraphLoadOptions};
 
 use super::data::data_root_for;
 use super::dropout_args::DropoutArgs;
@@ -209,7 +209,7 @@ fn check_flags(a: &TrainArgs) -> Result<(), CliError> {
 }
 
 fn load_graph(path: &Path, memory_limit_gib: f64) -> Result<(Graph, String), CliError> {
-    let opts = LoadOptions {
+    let opts = GraphLoadOptions {
         memory_limit_bytes: (memory_limit_gib * (1u64 << 30) as f64) as u64,
     };
     let g = dropjit_graph::load(path, opts)?;
