@@ -52,7 +52,7 @@ pub enum LaunchKind {
     Gemm(GemmDesc),
     /// Rust code over the whole batch, called through `exec::dropjit_run_op`.
     Native(NativeOp),
-    /// A JIT scalar loop nest (pooling, shortcut, softmax cross-entropy),
+    /// A JIT scalar loop nest (average pooling, shortcut, softmax cross-entropy),
     /// split over `op.range()` planes or rows.
     Scalar { func: usize, op: ScalarOp },
 }
