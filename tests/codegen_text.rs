@@ -7,11 +7,11 @@ use dropjit_codegen::{clif_text, plan_text, ConvIsa, StateLayout};
 use dropjit_graph::dropout::DropoutConfig;
 use dropjit_graph::eval::evaluation;
 use dropjit_graph::step::{training_step, SgdConfig};
-use dropjit_graph::{DropoutMode, Graph, LoadOptions};
+use dropjit_graph::{DropoutMode, Graph, GraphLoadOptions};
 use dropjit_tests::repo_root;
 
 fn model(path: &str) -> Graph {
-    dropjit_graph::load(&repo_root().join(path), LoadOptions::default()).expect("model loads")
+    dropjit_graph::load(&repo_root().join(path), GraphLoadOptions::default()).expect("model loads")
 }
 
 const AUGMENTED: DropoutConfig = DropoutConfig {

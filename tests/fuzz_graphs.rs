@@ -11,7 +11,7 @@
 
 use dropjit_codegen::ConvIsa;
 use dropjit_graph::shape::{conv_out_len, pool_out_len};
-use dropjit_graph::{parse, DropoutMode, LoadOptions};
+use dropjit_graph::{parse, DropoutMode, GraphLoadOptions};
 use dropjit_tests::forced::check_graph;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
@@ -302,7 +302,7 @@ proptest! {
     #[test]
     fn jit_agrees_with_the_interpreter_on_random_graphs(c in case()) {
         let text = graph_json(&c);
-        let g = parse(&text, "fuzz graph", LoadOptions::default())
+        let g = parse(&text, "fuzz graph", GraphLoadOptions::default())
             .unwrap_or_else(|e| panic!("a valid graph was rejected: {e}\n{text}"));
         let isas: Vec<ConvIsa> = ConvIsa::ALL.into_iter().filter(|i| i.available()).collect();
         // One instruction set per case, rotating, so all are covered.

@@ -7,12 +7,12 @@ use dropjit_graph::eval::evaluation;
 use dropjit_graph::print::graph_text;
 use dropjit_graph::step::{training_step, SgdConfig};
 use dropjit_graph::{DropoutMode, Op};
-use dropjit_graph::{Graph, LoadOptions};
+use dropjit_graph::{Graph, GraphLoadOptions};
 use dropjit_tests::repo_root;
 
 fn model(name: &str) -> Graph {
     let path = repo_root().join("models").join(format!("{name}.json"));
-    dropjit_graph::load(&path, LoadOptions::default())
+    dropjit_graph::load(&path, GraphLoadOptions::default())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

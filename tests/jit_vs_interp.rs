@@ -15,7 +15,7 @@ use dropjit_graph::init::generic_point;
 use dropjit_graph::interp::{run, Inputs, State, Values};
 use dropjit_graph::step::training_step;
 use dropjit_graph::step::SgdConfig;
-use dropjit_graph::{DropoutMode, Graph, LoadOptions, Op};
+use dropjit_graph::{DropoutMode, Graph, GraphLoadOptions, Op};
 use dropjit_tests::{model, rel_err};
 
 /// Relative tolerance (against the tensor's largest magnitude) for f32 after three steps.
@@ -224,7 +224,8 @@ fn small(image: [usize; 3], nodes: &str, logits: &str) -> Graph {
                       {{"name": "loss", "op": "softmax_cross_entropy", "inputs": ["{logits}", "label"]}}],
             "outputs": {{"loss": "loss", "logits": "{logits}"}}}}"#
     );
-    dropjit_graph::parse(&text, "op test", LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+    dropjit_graph::parse(&text, "op test", GraphLoadOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One training step and one evaluation of `g` on the JIT and the interpreter,

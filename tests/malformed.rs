@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use dropjit_graph::LoadOptions;
+use dropjit_graph::GraphLoadOptions;
 use dropjit_tests::repo_root;
 
 fn corpus_dir() -> PathBuf {
@@ -67,7 +67,7 @@ fn load_rejects_each_with_its_message() {
     let mut failures = Vec::new();
     for (file, fragment) in manifest() {
         let path = corpus_dir().join(&file);
-        match dropjit_graph::load(&path, LoadOptions::default()) {
+        match dropjit_graph::load(&path, GraphLoadOptions::default()) {
             Ok(_) => failures.push(format!("{file}: loaded without error")),
             Err(e) => {
                 let msg = e.to_string();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use dropjit_codegen::{compile, CompileOptions, CompiledGraph, StateLayout};
 use dropjit_graph::dropout::DropoutConfig;
 use dropjit_graph::step::{training_step, SgdConfig};
-use dropjit_graph::{Graph, LoadOptions};
+use dropjit_graph::{Graph, GraphLoadOptions};
 
 /// The workspace root (the parent of this package's directory).
 pub fn repo_root() -> PathBuf {
@@ -20,7 +20,7 @@ pub fn repo_root() -> PathBuf {
 
 /// A model file, by its path from the workspace root.
 pub fn model(path: &str) -> Graph {
-    dropjit_graph::load(&repo_root().join(path), LoadOptions::default()).expect("model loads")
+    dropjit_graph::load(&repo_root().join(path), GraphLoadOptions::default()).expect("model loads")
 }
 
 /// The tests' SGD settings: momentum 0.9, weight decay 5e-4.

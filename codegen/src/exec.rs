@@ -12,7 +12,7 @@ use crate::kernels::jit::{
 };
 use crate::kernels::parallel::global_pool;
 use crate::layout::StateLayout;
-use crate::lower::{lower, KernelDef};
+use crate::lower::{lower_graph, KernelDef};
 use crate::memory_plan::{check_planned_memory, check_tensor_sizes, plan_memory, verify};
 use crate::schedule::{BufKind, BufRef, LaunchKind, NativeOp, Schedule};
 use crate::CodegenError;
@@ -153,7 +153,7 @@ pub fn compile(
         )));
     }
     let t0 = Instant::now();
-    let lowered = lower(g, batch, layout, isa)?;
+    let lowered = lower_graph(g, batch, layout, isa)?;
     let t_lower = t0.elapsed();
     let mut schedule = lowered.schedule;
     if opts.keep_values {
@@ -285,7 +285,7 @@ fn kept_values(
 pub fn clif_text(g: &Graph, batch: usize, layout: &StateLayout) -> Result<String, CodegenError> {
     // Convolutions are calls to the engine whatever the instruction set, so
     // the portable one keeps the text the same on every machine.
-    let lowered = lower(g, batch, layout, ConvIsa::Portable)?;
+    let lowered = lower_graph(g, batch, layout, ConvIsa::Portable)?;
     let isa = crate::kernels::jit::fixed_isa()?;
     let mut out = String::new();
     for k in &lowered.kernels {
@@ -323,7 +323,7 @@ pub fn plan_text(
         ));
     }
     check_tensor_sizes(g, batch)?;
-    let lowered = lower(g, batch, layout, isa)?;
+    let lowered = lower_graph(g, batch, layout, isa)?;
     let mut schedule = lowered.schedule;
     plan_memory(&mut schedule)?;
     check_planned_memory(g, batch, &schedule, layout)?;
@@ -459,7 +459,7 @@ fn kernel_key(k: &KernelDef) -> String {
     match k {
         KernelDef::Elementwise(e) => format!("e{:?}{:?}{:?}", e.dims, e.graph, e.outputs),
         KernelDef::Reduce(r) => format!("r{:?}{:?}{:?}", r.dims, r.graph, r.sums),
-        KernelDef::Pool(p) => format!("p{:?}{}{}{:?}", p.kind, p.grad, p.planes, p.geom),
+        KernelDef::AvgPool(p) => format!("p{}{}{:?}", p.grad, p.planes, p.geom),
         KernelDef::Shortcut(k) => format!("s{}{}{:?}", k.grad, k.images, k.geom),
         KernelDef::SoftmaxXent(k) => format!("x{}{}{}", k.grad, k.rows, k.k),
     }
@@ -479,7 +479,7 @@ fn spec(k: &KernelDef) -> &dyn KernelSpec {
     match k {
         KernelDef::Elementwise(e) => e,
         KernelDef::Reduce(r) => r,
-        KernelDef::Pool(p) => p,
+        KernelDef::AvgPool(p) => p,
         KernelDef::Shortcut(k) => k,
         KernelDef::SoftmaxXent(k) => k,
     }

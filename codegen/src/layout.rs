@@ -100,13 +100,13 @@ pub fn step_keys(sites: usize, seed: u64, step: u64) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dropjit_graph::LoadOptions;
+    use dropjit_graph::GraphLoadOptions;
 
     fn model(name: &str) -> Graph {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../models")
             .join(name);
-        dropjit_graph::load(&path, LoadOptions::default()).expect("model loads")
+        dropjit_graph::load(&path, GraphLoadOptions::default()).expect("model loads")
     }
 
     /// Every tensor has its own range inside the state; trainable parameters

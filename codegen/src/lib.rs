@@ -10,7 +10,6 @@ pub mod layout;
 pub mod lower;
 pub mod maxpool;
 mod memory_plan;
-pub mod scalar_ops;
 pub mod schedule;
 
 pub use conv::ConvIsa;

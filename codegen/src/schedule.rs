@@ -3,11 +3,13 @@
 
 use std::fmt::Write;
 
+use dropjit_graph::interp::Nchw;
+use dropjit_graph::op::PoolAttrs;
+
 use crate::conv::ConvLaunch;
 use crate::kernels::expr::Dims;
 use crate::kernels::gemm::GemmDesc;
 use crate::maxpool::MaxPoolLaunch;
-use crate::scalar_ops::ScalarOp;
 
 /// Index into [`Schedule::buffers`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,7 +52,7 @@ pub enum LaunchKind {
     Gemm(GemmDesc),
     /// Rust code over the whole batch, called through `exec::dropjit_run_op`.
     Native(NativeOp),
-    /// A JIT scalar loop nest (pooling, shortcut, softmax cross-entropy),
+    /// A JIT scalar loop nest (average pooling, shortcut, softmax cross-entropy),
     /// split over `op.range()` planes or rows.
     Scalar { func: usize, op: ScalarOp },
 }
@@ -100,6 +102,81 @@ impl NativeOp {
         match self {
             NativeOp::Conv(c) => c.run(ptrs, threads),
             NativeOp::MaxPool(m) => m.run(ptrs, threads),
+        }
+    }
+}
+
+/// A launch of a JIT scalar loop nest rather than a fused elementwise loop:
+/// average-pooling windows, the option-A shortcut and softmax cross-entropy.
+/// This is its description (name, operand extents, split range); the lowering
+/// builds the loop nest from `kernels::{avg_pool, shortcut, softmax}`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScalarOp {
+    AvgPool {
+        pool: PoolAttrs,
+        x: Nchw,
+        y: Nchw,
+    },
+    AvgPoolGrad {
+        pool: PoolAttrs,
+        x: Nchw,
+        y: Nchw,
+    },
+    ShortcutA {
+        stride: usize,
+        x: Nchw,
+        y: Nchw,
+    },
+    ShortcutAGrad {
+        stride: usize,
+        x: Nchw,
+        y: Nchw,
+    },
+    /// inputs `[logits, labels]`, output the mean loss (one value).
+    SoftmaxCrossEntropy {
+        n: usize,
+        k: usize,
+    },
+    SoftmaxCrossEntropyGrad {
+        n: usize,
+        k: usize,
+    },
+}
+
+impl ScalarOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ScalarOp::AvgPool { .. } => "avg_pool2d",
+            ScalarOp::AvgPoolGrad { .. } => "avg_pool2d_grad",
+            ScalarOp::ShortcutA { .. } => "shortcut_a",
+            ScalarOp::ShortcutAGrad { .. } => "shortcut_a_grad",
+            ScalarOp::SoftmaxCrossEntropy { .. } => "softmax_cross_entropy",
+            ScalarOp::SoftmaxCrossEntropyGrad { .. } => "softmax_cross_entropy_grad",
+        }
+    }
+
+    /// Elements each operand must hold (inputs first, then the output), so the
+    /// plan can check every access before anything runs.
+    pub fn extents(&self) -> (Vec<usize>, usize) {
+        match self {
+            ScalarOp::AvgPool { x, y, .. } => (vec![x.len()], y.len()),
+            ScalarOp::AvgPoolGrad { x, y, .. } => (vec![y.len()], x.len()),
+            ScalarOp::ShortcutA { x, y, .. } => (vec![x.len()], y.len()),
+            ScalarOp::ShortcutAGrad { x, y, .. } => (vec![y.len()], x.len()),
+            ScalarOp::SoftmaxCrossEntropy { n, k } => (vec![n * k, *n], 1),
+            ScalarOp::SoftmaxCrossEntropyGrad { n, k } => (vec![n * k, *n], n * k),
+        }
+    }
+
+    /// Length of the range the launch is split over: planes for pooling and
+    /// the shortcut, rows for the loss gradient, one for the loss (a single
+    /// in-order sum over the batch).
+    pub fn range(&self) -> usize {
+        match self {
+            ScalarOp::AvgPool { y, .. } | ScalarOp::ShortcutA { y, .. } => y.n * y.c,
+            ScalarOp::AvgPoolGrad { x, .. } | ScalarOp::ShortcutAGrad { x, .. } => x.n * x.c,
+            ScalarOp::SoftmaxCrossEntropy { .. } => 1,
+            ScalarOp::SoftmaxCrossEntropyGrad { n, .. } => *n,
         }
     }
 }

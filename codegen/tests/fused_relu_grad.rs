@@ -18,7 +18,7 @@ fn add_then_positive_mask_two_outputs() {
             .output(BufId(3), s)
             .output(BufId(4), r);
         let mut m = KernelModule::new().unwrap();
-        let h = m.add_kernel(&k).unwrap();
+        let h = m.add_kernels(&[&k]).unwrap()[0];
         let m = m.finalize().unwrap();
         let n = dims.len();
         let mk = |seed: u32| -> Vec<f32> {

@@ -6,13 +6,13 @@ use dropjit_graph::dropout::DropoutConfig;
 use dropjit_graph::gradcheck::random_batch;
 use dropjit_graph::init::generic_point;
 use dropjit_graph::step::{training_step, SgdConfig};
-use dropjit_graph::{DropoutMode, LoadOptions};
+use dropjit_graph::{DropoutMode, GraphLoadOptions};
 
 #[test]
 fn short_state_keys_or_batch_are_errors_not_wild_reads() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/conv_bn_drop_linear.json");
-    let g = dropjit_graph::load(&path, LoadOptions::default()).expect("fixture loads");
+    let g = dropjit_graph::load(&path, GraphLoadOptions::default()).expect("fixture loads");
     let cfg = DropoutConfig {
         mode: DropoutMode::Augmented,
         fwd: 0.2,

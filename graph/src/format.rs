@@ -33,23 +33,24 @@ pub const LAYER_OPS: [&str; 12] = [
     "softmax_cross_entropy",
 ];
 
+/// How to load a model file ([`load`], [`parse`]).
 #[derive(Clone, Copy, Debug)]
-pub struct LoadOptions {
+pub struct GraphLoadOptions {
     /// Reject a graph whose training buffers at the recipe's batch size would
     /// exceed this many bytes, before anything is allocated.
     pub memory_limit_bytes: u64,
 }
 
-impl Default for LoadOptions {
+impl Default for GraphLoadOptions {
     fn default() -> Self {
-        LoadOptions {
+        GraphLoadOptions {
             memory_limit_bytes: 8 << 30,
         }
     }
 }
 
 /// Reads and validates a model file.
-pub fn load(path: &Path, opts: LoadOptions) -> Result<Graph> {
+pub fn load(path: &Path, opts: GraphLoadOptions) -> Result<Graph> {
     let text = std::fs::read_to_string(path).map_err(|source| GraphError::Io {
         path: path.display().to_string(),
         source,
@@ -58,7 +59,7 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<Graph> {
 }
 
 /// Parses and validates a model from JSON text; `origin` names it in errors.
-pub fn parse(text: &str, origin: &str, opts: LoadOptions) -> Result<Graph> {
+pub fn parse(text: &str, origin: &str, opts: GraphLoadOptions) -> Result<Graph> {
     let value: Value = serde_json::from_str(text).map_err(|e| GraphError::Json {
         path: origin.to_string(),
         line: e.line(),
@@ -288,7 +289,7 @@ impl Builder {
         for i in order {
             let (name, op, inputs, f) = &parsed[i];
             let ins: Vec<NodeId> = inputs.iter().map(|n| self.by_name[*n]).collect();
-            let out = self.lower(name, op, &ins, f)?;
+            let out = self.build_layer(name, op, &ins, f)?;
             f.finish()?;
             self.by_name.insert(name.to_string(), out);
         }
@@ -415,7 +416,9 @@ impl Builder {
         Ok(())
     }
 
-    fn lower(&mut self, name: &str, op: &str, ins: &[NodeId], f: &Fields) -> Result<NodeId> {
+    /// Adds the IR nodes and parameters of layer `name` (`op` over the nodes
+    /// `ins`) and returns the node holding its output.
+    fn build_layer(&mut self, name: &str, op: &str, ins: &[NodeId], f: &Fields) -> Result<NodeId> {
         self.layer = name.to_string();
         let start = self.graph.params.len();
         let mut macs = 0u64;

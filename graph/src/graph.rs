@@ -129,7 +129,7 @@ pub struct Graph {
     /// in a backward graph.
     pub outputs: Vec<(String, NodeId)>,
     pub recipe: Recipe,
-    /// The memory limit the graph was loaded with (`LoadOptions`); derived
+    /// The memory limit the graph was loaded with (`GraphLoadOptions`); derived
     /// graphs inherit it, and compiling or interpreting at any batch checks it.
     pub memory_limit_bytes: u64,
 }

@@ -24,7 +24,7 @@ pub mod shape;
 pub mod step;
 
 pub use error::{GraphError, Result};
-pub use format::{load, parse, LoadOptions};
+pub use format::{load, parse, GraphLoadOptions};
 pub use graph::{DropoutMode, Graph, Init, Layer, Node, Param, Site, SiteOverride};
 pub use ids::{NodeId, ParamId, SiteId};
 pub use op::Op;

@@ -6,8 +6,9 @@ use serde_json::Value;
 use crate::error::Result;
 use crate::fields::Fields;
 
+/// How the learning rate changes over a run.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Schedule {
+pub enum LrSchedule {
     Constant,
     /// Multiply by `gamma` at each milestone iteration (Caffe's `multistep`;
     /// Caffe-quick's 0.001 then 0.0001 at 4,000 is one milestone with gamma 0.1).
@@ -21,16 +22,16 @@ pub enum Schedule {
     },
 }
 
-impl Schedule {
+impl LrSchedule {
     /// Learning rate at `iteration` (0-based) of a run of `total` iterations.
     pub fn lr(&self, base: f64, iteration: usize, total: usize) -> f64 {
         match self {
-            Schedule::Constant => base,
-            Schedule::MultiStep { milestones, gamma } => {
+            LrSchedule::Constant => base,
+            LrSchedule::MultiStep { milestones, gamma } => {
                 let passed = milestones.iter().filter(|&&m| iteration >= m).count();
                 base * gamma.powi(passed as i32)
             }
-            Schedule::Cosine { min_lr } => {
+            LrSchedule::Cosine { min_lr } => {
                 let t = iteration as f64 / total.max(1) as f64;
                 min_lr + (base - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
             }
@@ -68,7 +69,7 @@ pub struct Recipe {
     pub batch_size: usize,
     pub length: Length,
     pub base_lr: f64,
-    pub schedule: Schedule,
+    pub schedule: LrSchedule,
     pub momentum: f64,
     pub weight_decay: f64,
     pub shuffle: bool,
@@ -84,7 +85,7 @@ impl Default for Recipe {
             batch_size: 128,
             length: Length::Epochs(10),
             base_lr: 0.01,
-            schedule: Schedule::Constant,
+            schedule: LrSchedule::Constant,
             momentum: 0.9,
             weight_decay: 0.0,
             shuffle: true,
@@ -123,14 +124,14 @@ impl Recipe {
                     return Err(lr.error("base", format!("must be positive, got {base}")));
                 }
                 let schedule = match lr.opt_str("schedule")?.unwrap_or("constant") {
-                    "constant" => Schedule::Constant,
+                    "constant" => LrSchedule::Constant,
                     "multistep" => {
                         let milestones = lr.positive_list("milestones")?.unwrap_or_default();
                         if milestones.windows(2).any(|w| w[0] >= w[1]) {
                             return Err(lr.error("milestones", "must be increasing"));
                         }
                         let gamma = ratio_like(&lr, "gamma", 0.0, 1.0)?.unwrap_or(0.1);
-                        Schedule::MultiStep { milestones, gamma }
+                        LrSchedule::MultiStep { milestones, gamma }
                     }
                     "cosine" => {
                         let min_lr = lr.opt_f64("min_lr")?.unwrap_or(0.0);
@@ -140,7 +141,7 @@ impl Recipe {
                                 format!("must be in [0, base={base}], got {min_lr}"),
                             ));
                         }
-                        Schedule::Cosine { min_lr }
+                        LrSchedule::Cosine { min_lr }
                     }
                     other => {
                         return Err(lr.error(
@@ -207,7 +208,7 @@ mod tests {
 
     #[test]
     fn multistep_lr() {
-        let s = Schedule::MultiStep {
+        let s = LrSchedule::MultiStep {
             milestones: vec![32000, 48000],
             gamma: 0.1,
         };
@@ -218,7 +219,7 @@ mod tests {
 
     #[test]
     fn cosine_ends_at_min() {
-        let s = Schedule::Cosine { min_lr: 0.0 };
+        let s = LrSchedule::Cosine { min_lr: 0.0 };
         assert_eq!(s.lr(0.1, 0, 100), 0.1);
         assert!(s.lr(0.1, 100, 100).abs() < 1e-12);
     }

@@ -10,14 +10,14 @@ use dropjit_graph::gradcheck::{
     derived_gradients, grad_check, grad_check_with, GradCheckOptions, GradCheckReport,
 };
 use dropjit_graph::init::generic_point;
-use dropjit_graph::{DropoutMode, Graph, LoadOptions};
+use dropjit_graph::{DropoutMode, Graph, GraphLoadOptions};
 
 fn path(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
 fn load(rel: &str) -> Graph {
-    dropjit_graph::load(&path(rel), LoadOptions::default()).expect("graph loads")
+    dropjit_graph::load(&path(rel), GraphLoadOptions::default()).expect("graph loads")
 }
 
 /// ResNet-20 with `classes` classes and `size`² images.
@@ -39,8 +39,12 @@ fn resnet20(classes: u64, size: u64) -> Graph {
             node["out_features"] = classes.into();
         }
     }
-    dropjit_graph::parse(&v.to_string(), "resnet20 variant", LoadOptions::default())
-        .expect("variant parses")
+    dropjit_graph::parse(
+        &v.to_string(),
+        "resnet20 variant",
+        GraphLoadOptions::default(),
+    )
+    .expect("variant parses")
 }
 
 const STANDARD: DropoutConfig = DropoutConfig {

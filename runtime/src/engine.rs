@@ -2,8 +2,9 @@
 //! evaluation batch, and the parameters and momentum buffers in and out.
 //!
 //! Two executors implement it: [`InterpreterEngine`] (the reference interpreter
-//! of `dropjit_graph::interp`, in f32) and, later, the Cranelift JIT of
-//! `dropjit-codegen`. The loop holds a `&mut dyn Engine` and never knows which.
+//! of `dropjit_graph::interp`, in f32) and [`JitEngine`](crate::jit_engine::JitEngine),
+//! the Cranelift JIT of `dropjit-codegen` and the default. The loop holds a
+//! `&mut dyn Engine` and never knows which.
 
 use dropjit_graph::dropout::DropoutConfig;
 use dropjit_graph::interp::{self, Inputs, State};

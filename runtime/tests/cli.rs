@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use dropjit_graph::{Graph, LoadOptions};
+use dropjit_graph::{Graph, GraphLoadOptions};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,7 +24,7 @@ fn run_dropjit(args: &[&str]) -> Output {
 fn model(name: &str) -> Graph {
     dropjit_graph::load(
         &repo_root().join("models").join(format!("{name}.json")),
-        LoadOptions::default(),
+        GraphLoadOptions::default(),
     )
     .expect("shipped model loads")
 }
@@ -203,7 +203,7 @@ fn gradcheck_prints_its_table_and_passes() {
     let out = run_dropjit(&["gradcheck", "--graph", TINY, "--batch", "3"]);
     // Progress on stderr, one line per parameter (a long check is not silent).
     let progress = String::from_utf8_lossy(&out.stderr).into_owned();
-    let tiny = dropjit_graph::load(&repo_root().join(TINY), LoadOptions::default()).unwrap();
+    let tiny = dropjit_graph::load(&repo_root().join(TINY), GraphLoadOptions::default()).unwrap();
     let params = tiny.trainable_params().count();
     assert_eq!(
         progress.matches("parameters checked").count(),
@@ -336,7 +336,7 @@ fn grad_writes_loss_and_every_gradient_with_pytorch_names() {
     ]));
     assert!(text.contains("loss "), "{text}");
     let grads = dropjit::tensors::read(&g).expect("gradients");
-    let tiny = dropjit_graph::load(&repo_root().join(TINY), LoadOptions::default()).unwrap();
+    let tiny = dropjit_graph::load(&repo_root().join(TINY), GraphLoadOptions::default()).unwrap();
     for p in tiny.trainable_params() {
         let t = &grads[&tiny.param(p).name];
         assert_eq!(t.shape, tiny.param(p).dims);

@@ -165,7 +165,7 @@ fn fetch_unpacks_verifies_and_renames_into_place() {
     // The data loader reads what was fetched.
     let ds = dropjit::data::load_dataset(
         root.path(),
-        &dropjit::data::LoadOptions {
+        &dropjit::data::DataLoadOptions {
             kind: Some(dropjit::data::DatasetKind::Cifar10),
             ..Default::default()
         },

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use dropjit_codegen::{compile, CompileOptions, StateLayout};
 use dropjit_graph::dropout::DropoutConfig;
 use dropjit_graph::step::{training_step, SgdConfig};
-use dropjit_graph::LoadOptions;
+use dropjit_graph::GraphLoadOptions;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 use serde_json::Value;
@@ -188,7 +188,7 @@ proptest! {
         let text = std::fs::read_to_string(root.join(MODELS[model])).unwrap();
         let mutated = mutate_model(&text, &edits, cut);
         contract(&mutated.clone(), move || {
-            let g = match dropjit_graph::parse(&mutated, "fuzz.json", LoadOptions::default()) {
+            let g = match dropjit_graph::parse(&mutated, "fuzz.json", GraphLoadOptions::default()) {
                 Ok(g) => g,
                 Err(e) => return Some(e.to_string()),
             };
@@ -320,7 +320,7 @@ proptest! {
             }
         };
         contract(&format!("{kind} {flips:?} {word:?} {cut:?}"), move || {
-            let opts = dropjit::data::LoadOptions { kind: Some(kind), ..Default::default() };
+            let opts = dropjit::data::DataLoadOptions { kind: Some(kind), ..Default::default() };
             dropjit::data::load_dataset(&root, &opts).err().map(|e| e.to_string())
         });
     }
@@ -340,6 +340,7 @@ fn the_unmutated_inputs_are_valid() {
     for m in MODELS {
         let text = std::fs::read_to_string(root.join(m)).unwrap();
         let same = mutate_model(&text, &[], None);
-        dropjit_graph::parse(&same, m, LoadOptions::default()).expect("model re-serialised loads");
+        dropjit_graph::parse(&same, m, GraphLoadOptions::default())
+            .expect("model re-serialised loads");
     }
 }

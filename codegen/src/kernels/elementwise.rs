@@ -20,8 +20,8 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 
 use super::expr::{BufId, Dims, ExprGraph, ExprId};
+use super::expr_to_clif::{counted_loop, emit_row, ChanMode, Chunk, ExprEmitter};
 use super::jit::{FuncEnv, KernelSpec, Result};
-use super::lower::{counted_loop, emit_row, ChanMode, Chunk, Lowerer};
 
 /// One output stream: `buf[e] = value(e)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,37 +66,6 @@ impl ElementwiseKernel {
             ChanMode::PerElem
         } else {
             ChanMode::PerRow
-        }
-    }
-
-    /// Scalar reference over `outer_range` (the semantics the JIT must match
-    /// bit for bit). Outputs are written after all node values of an element
-    /// are computed, as the JIT does.
-    pub fn eval_reference(
-        &self,
-        bufs: &mut [Vec<f32>],
-        keys: &[u64],
-        outer_range: std::ops::Range<usize>,
-    ) {
-        let Dims { chans, inner, .. } = self.dims;
-        for o in outer_range {
-            for c in 0..chans {
-                for i in 0..inner {
-                    let e = (o * chans + c) * inner + i;
-                    let v = {
-                        let view = &*bufs;
-                        self.graph.eval_scalar(
-                            &|b: BufId, k: usize| view[b.0 as usize][k],
-                            keys,
-                            e,
-                            c,
-                        )
-                    };
-                    for out in &self.outputs {
-                        bufs[out.buf.0 as usize][e] = v[out.value.0 as usize];
-                    }
-                }
-            }
         }
     }
 }
@@ -145,7 +114,7 @@ impl KernelSpec for ElementwiseKernel {
         let Dims { chans, inner, .. } = self.dims;
         let mode = self.mode();
         let out_bufs: Vec<BufId> = self.outputs.iter().map(|o| o.buf).collect();
-        let mut lw = Lowerer::new(
+        let mut em = ExprEmitter::new(
             b,
             &self.graph,
             &self.roots(),
@@ -155,19 +124,19 @@ impl KernelSpec for ElementwiseKernel {
             [args, keys],
         );
         let stores: Vec<(BufId, ExprId)> = self.outputs.iter().map(|o| (o.buf, o.value)).collect();
-        let on_group = |b: &mut FunctionBuilder, lw: &mut Lowerer, chunks: &[Chunk]| {
-            lw.eval_group(b, chunks, &stores);
+        let on_group = |b: &mut FunctionBuilder, em: &mut ExprEmitter, chunks: &[Chunk]| {
+            em.eval_group(b, chunks, &stores);
         };
         counted_loop(b, begin, end, 1, true, &mut |b, o| {
             let row0 = b.ins().imul_imm_s(o, (chans * inner) as i64);
             match mode {
                 ChanMode::PerElem => {
-                    emit_row(b, row0, chans, &mut |b, ch| on_group(b, &mut lw, ch));
+                    emit_row(b, row0, chans, &mut |b, ch| on_group(b, &mut em, ch));
                 }
                 ChanMode::PerRow if chans == 1 => {
                     let c = b.ins().iconst(I64, 0);
-                    lw.begin_row(b, c);
-                    emit_row(b, row0, inner, &mut |b, ch| on_group(b, &mut lw, ch));
+                    em.begin_row(b, c);
+                    emit_row(b, row0, inner, &mut |b, ch| on_group(b, &mut em, ch));
                 }
                 ChanMode::PerRow => {
                     let zero = b.ins().iconst(I64, 0);
@@ -175,8 +144,8 @@ impl KernelSpec for ElementwiseKernel {
                     counted_loop(b, zero, nc, 1, false, &mut |b, c| {
                         let off = b.ins().imul_imm_s(c, inner as i64);
                         let row = b.ins().iadd(row0, off);
-                        lw.begin_row(b, c);
-                        emit_row(b, row, inner, &mut |b, ch| on_group(b, &mut lw, ch));
+                        em.begin_row(b, c);
+                        emit_row(b, row, inner, &mut |b, ch| on_group(b, &mut em, ch));
                     });
                 }
             }
@@ -191,11 +160,45 @@ mod tests {
     use super::super::expr::testing::{assert_bits_eq, check_guard, guarded};
     use super::super::expr::{KeySlot, MaskFactor};
     use super::super::jit::{
-        fixed_isa, kernel_clif, ClifStage, CompiledModule, FuncHandle, KernelFn, KernelModule,
+        fixed_isa, kernel_clif, ClifStage, CompiledModule, FuncHandle, JitOptions, KernelFn,
+        KernelModule,
     };
     use super::super::parallel::ThreadPool;
     use super::*;
     use dropjit_graph::mask;
+
+    impl ElementwiseKernel {
+        /// Scalar reference over `outer_range` (the semantics the JIT must match
+        /// bit for bit). Outputs are written after all node values of an element
+        /// are computed, as the JIT does.
+        fn eval_reference(
+            &self,
+            bufs: &mut [Vec<f32>],
+            keys: &[u64],
+            outer_range: std::ops::Range<usize>,
+        ) {
+            let Dims { chans, inner, .. } = self.dims;
+            for o in outer_range {
+                for c in 0..chans {
+                    for i in 0..inner {
+                        let e = (o * chans + c) * inner + i;
+                        let v = {
+                            let view = &*bufs;
+                            self.graph.eval_scalar(
+                                &|b: BufId, k: usize| view[b.0 as usize][k],
+                                keys,
+                                e,
+                                c,
+                            )
+                        };
+                        for out in &self.outputs {
+                            bufs[out.buf.0 as usize][e] = v[out.value.0 as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// Odd shapes: INNER not a multiple of 4 or 16, C = 1, O = 1, INNER = 1.
     const DIMS: [(usize, usize, usize); 12] = [
@@ -214,8 +217,12 @@ mod tests {
     ];
 
     fn compile(k: &ElementwiseKernel) -> (CompiledModule, KernelFn) {
-        let mut m = KernelModule::with_verifier(true).unwrap();
-        let h = m.add_kernel(k).unwrap();
+        let mut m = KernelModule::with_options(JitOptions {
+            verify: true,
+            ..JitOptions::default()
+        })
+        .unwrap();
+        let h = m.add_kernels(&[k]).unwrap()[0];
         let c = m.finalize().unwrap();
         let f = c.kernel(h);
         (c, f)
@@ -489,8 +496,12 @@ mod tests {
         let dims = Dims::new(6, 3, 19);
         let keys = [mask::mask_key(5, 2, 0, mask::Stream::F)];
         let k = bn_relu_drop(dims, 0.4);
-        let mut m = KernelModule::with_verifier(true).unwrap();
-        let kh = m.add_kernel(&k).unwrap();
+        let mut m = KernelModule::with_options(JitOptions {
+            verify: true,
+            ..JitOptions::default()
+        })
+        .unwrap();
+        let kh = m.add_kernels(&[&k]).unwrap()[0];
         // step(args, keys) = dropjit_parallel_for(kernel, args, keys, 6, 2)
         let ptr = m.isa().pointer_type();
         let mut sig = Signature::new(m.isa().default_call_conv());

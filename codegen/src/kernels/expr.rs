@@ -5,7 +5,7 @@
 //! several outputs) computes it once per element. Every node denotes an `f32`
 //! value at flat element index `e = (outer*C + c)*INNER + i`.
 //!
-//! Semantics (also implemented by [`ExprGraph::eval_scalar`], the reference the
+//! Semantics (also implemented by `ExprGraph::eval_scalar`, the reference the
 //! JIT is tested against bit for bit):
 //! - `Load(b)`: `b[e]`; `ChanLoad(b)`: `b[c]`; `Const(v)`: `v`.
 //! - `Add/Sub/Mul/Div`: IEEE f32 ops; `Sqrt`: IEEE sqrt.
@@ -17,8 +17,6 @@
 //!   Keys are read at run time from the key table argument, so the step number
 //!   is a runtime input. A factor with `threshold <= 0` keeps everything and is
 //!   not emitted.
-
-use dropjit_graph::mask;
 
 /// Index of a buffer pointer in the kernel's `args` array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -212,26 +210,11 @@ impl ExprGraph {
         (elem, chan)
     }
 
-    /// Highest buffer id and key slot used by live nodes (for ABI checks).
-    pub fn max_slots(&self, live: &[bool]) -> (Option<u32>, Option<u32>) {
-        let (mut b, mut k) = (None::<u32>, None::<u32>);
-        for (n, _) in self.nodes.iter().zip(live).filter(|(_, l)| **l) {
-            match n {
-                Node::Load(x) | Node::ChanLoad(x) => b = b.max(Some(x.0)),
-                Node::DropMask { factors, .. } => {
-                    for f in factors {
-                        k = k.max(Some(f.key.0));
-                    }
-                }
-                _ => {}
-            }
-        }
-        (b, k)
-    }
-
     /// Scalar reference: value of every node at flat element `e`, channel `c`.
-    /// `load(buf, index)` reads a buffer element.
-    pub fn eval_scalar(
+    /// `load(buf, index)` reads a buffer element. Tests only: the kernels'
+    /// reference evaluators compare the JIT against it.
+    #[cfg(test)]
+    pub(crate) fn eval_scalar(
         &self,
         load: &dyn Fn(BufId, usize) -> f32,
         keys: &[u64],
@@ -271,9 +254,9 @@ impl ExprGraph {
                     x,
                 } => {
                     let idx = (e as u32).wrapping_add(*index_base);
-                    let kept = factors
-                        .iter()
-                        .all(|f| mask::is_kept(keys[f.key.0 as usize], idx, f.threshold));
+                    let kept = factors.iter().all(|f| {
+                        dropjit_graph::mask::is_kept(keys[f.key.0 as usize], idx, f.threshold)
+                    });
                     if kept {
                         g(x) * *scale
                     } else {

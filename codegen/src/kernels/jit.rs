@@ -201,9 +201,6 @@ impl FuncEnv<'_> {
     pub fn ptr_ty(&self) -> Type {
         self.ptr_ty
     }
-    pub fn call_conv(&self) -> CallConv {
-        self.cc
-    }
 
     /// Imports an `extern "C"` helper into `func`.
     pub fn helper(&mut self, func: &mut Function, h: Helper) -> Result<FuncRef> {
@@ -431,13 +428,6 @@ impl KernelModule {
         Self::with_options(JitOptions::default())
     }
 
-    pub fn with_verifier(verify: bool) -> Result<Self> {
-        Self::with_options(JitOptions {
-            verify,
-            ..JitOptions::default()
-        })
-    }
-
     pub fn with_options(o: JitOptions) -> Result<Self> {
         let isa = native_isa(o)?;
         let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
@@ -468,11 +458,6 @@ impl KernelModule {
     /// Total time spent building and compiling functions so far.
     pub fn compile_time(&self) -> Duration {
         self.compile_time
-    }
-
-    /// Adds a kernel with the [`KernelFn`] ABI.
-    pub fn add_kernel(&mut self, k: &dyn KernelSpec) -> Result<FuncHandle> {
-        Ok(self.add_kernels(&[k])?[0])
     }
 
     /// Adds a function of any signature; `body` starts in the entry block
@@ -650,7 +635,7 @@ impl CompiledModule {
         self.ptrs[h.0]
     }
 
-    /// A kernel added with [`KernelModule::add_kernel`].
+    /// A kernel added with [`KernelModule::add_kernels`].
     pub fn kernel(&self, h: FuncHandle) -> KernelFn {
         // SAFETY: kernels are defined with `kernel_signature`, i.e. this ABI.
         unsafe { std::mem::transmute::<*const u8, KernelFn>(self.ptrs[h.0]) }
@@ -716,11 +701,15 @@ mod tests {
     #[test]
     fn jit_clif_starts_with_comment_lines() {
         for stage in [ClifStage::Built, ClifStage::Optimized] {
-            let mut m = KernelModule::with_verifier(true).unwrap();
+            let mut m = KernelModule::with_options(JitOptions {
+                verify: true,
+                ..JitOptions::default()
+            })
+            .unwrap();
             m.keep_clif(Some(stage));
             let h = m
-                .add_kernel(&tiny("k", "relu7\n(fused: conv7 bias)"))
-                .unwrap();
+                .add_kernels(&[&tiny("k", "relu7\n(fused: conv7 bias)")])
+                .unwrap()[0];
             let c = m.finalize().unwrap();
             let text = c.clif(h).unwrap();
             assert!(
@@ -733,9 +722,9 @@ mod tests {
     #[test]
     fn duplicate_symbols_are_rejected() {
         let mut m = KernelModule::new().unwrap();
-        m.add_kernel(&tiny("same", "a")).unwrap();
+        m.add_kernels(&[&tiny("same", "a")]).unwrap();
         assert!(matches!(
-            m.add_kernel(&tiny("same", "b")),
+            m.add_kernels(&[&tiny("same", "b")]),
             Err(KernelError::Invalid { .. })
         ));
     }

@@ -1,7 +1,7 @@
 //! Low-level kernel toolkit: Cranelift-JIT fused elementwise loop nests,
-//! per-channel reductions and scalar loop nests (pooling, option-A shortcut,
-//! softmax cross-entropy), a small persistent thread pool, and GEMM /
-//! im2col / col2im helpers callable from JIT code.
+//! per-channel reductions and scalar loop nests (average pooling, option-A
+//! shortcut, softmax cross-entropy), a small persistent thread pool, and
+//! GEMM / im2col / col2im helpers callable from JIT code.
 //!
 //! Kernel ABI (see [`jit::KernelFn`]):
 //! `unsafe extern "C" fn(args: *const *mut f32, keys: *const u64, begin: i64, end: i64)`
@@ -13,13 +13,13 @@
 //! Dropout masks come from [`dropjit_graph::mask`]; the JIT emits the same
 //! hash and is tested to agree bit for bit.
 
+pub mod avg_pool;
 pub mod elementwise;
 pub mod expr;
+mod expr_to_clif;
 pub mod gemm;
 pub mod jit;
-mod lower;
 pub mod parallel;
-pub mod pool;
 pub mod reduce;
 mod scalar;
 pub mod shortcut;

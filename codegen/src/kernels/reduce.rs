@@ -23,8 +23,8 @@ use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
 
 use super::expr::{BufId, Dims, ExprGraph, ExprId};
+use super::expr_to_clif::{counted_loop, emit_row, ChanMode, Chunk, ExprEmitter};
 use super::jit::{FuncEnv, KernelSpec, Result};
-use super::lower::{counted_loop, emit_row, ChanMode, Chunk, Lowerer};
 
 /// `buf[c] = scale * sum over (outer, i) of value`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -64,62 +64,6 @@ impl ReduceKernel {
 
     fn roots(&self) -> Vec<ExprId> {
         self.sums.iter().map(|s| s.value).collect()
-    }
-
-    /// Scalar reference with exactly the summation order of the JIT.
-    pub fn eval_reference(
-        &self,
-        bufs: &mut [Vec<f32>],
-        keys: &[u64],
-        chan_range: std::ops::Range<usize>,
-    ) {
-        let Dims {
-            outer,
-            chans,
-            inner,
-        } = self.dims;
-        let nvec = inner / 4;
-        for c in chan_range {
-            let mut acc64 = vec![0f64; self.sums.len()];
-            for o in 0..outer {
-                let vals: Vec<Vec<f32>> = (0..inner)
-                    .map(|i| {
-                        let e = (o * chans + c) * inner + i;
-                        let view = &*bufs;
-                        self.graph.eval_scalar(
-                            &|b: BufId, k: usize| view[b.0 as usize][k],
-                            keys,
-                            e,
-                            c,
-                        )
-                    })
-                    .collect();
-                for (s, sum) in self.sums.iter().enumerate() {
-                    let v = |i: usize| vals[i][sum.value.0 as usize];
-                    let mut acc = [[0f32; 4]; 4];
-                    for j in 0..nvec {
-                        for (l, a) in acc[j % 4].iter_mut().enumerate() {
-                            *a += v(4 * j + l);
-                        }
-                    }
-                    let mut row = if nvec > 0 {
-                        let q: Vec<f32> = (0..4)
-                            .map(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]))
-                            .collect();
-                        (q[0] + q[1]) + (q[2] + q[3])
-                    } else {
-                        0.0
-                    };
-                    for i in nvec * 4..inner {
-                        row += v(i);
-                    }
-                    acc64[s] += row as f64;
-                }
-            }
-            for (s, sum) in self.sums.iter().enumerate() {
-                bufs[sum.buf.0 as usize][c] = (acc64[s] * sum.scale) as f32;
-            }
-        }
     }
 }
 
@@ -172,7 +116,7 @@ impl KernelSpec for ReduceKernel {
         } = self.dims;
         let nvec = inner / 4;
         let out_bufs: Vec<BufId> = self.sums.iter().map(|s| s.buf).collect();
-        let mut lw = Lowerer::new(
+        let mut em = ExprEmitter::new(
             b,
             &self.graph,
             &self.roots(),
@@ -183,7 +127,7 @@ impl KernelSpec for ReduceKernel {
         );
         let sums = &self.sums;
         counted_loop(b, begin, end, 1, true, &mut |b, c| {
-            lw.begin_row(b, c);
+            em.begin_row(b, c);
             let acc64: Vec<Variable> = sums.iter().map(|_| b.declare_var(F64)).collect();
             let z64 = b.ins().f64const(0.0);
             for v in &acc64 {
@@ -212,7 +156,7 @@ impl KernelSpec for ReduceKernel {
                     row_e,
                     inner,
                     &mut |b: &mut FunctionBuilder, chunks: &[Chunk]| {
-                        let vals = lw.eval_group(b, chunks, &[]);
+                        let vals = em.eval_group(b, chunks, &[]);
                         for (s, sum) in sums.iter().enumerate() {
                             for (k, ch) in chunks.iter().enumerate() {
                                 let v = vals[sum.value.0 as usize][k].expect("sum value");
@@ -255,7 +199,7 @@ impl KernelSpec for ReduceKernel {
                 let r = b.ins().fmul(a, k);
                 let r = b.ins().fdemote(cranelift_codegen::ir::types::F32, r);
                 let off = b.ins().ishl_imm_u(c, 2);
-                let addr = b.ins().iadd(lw.buf(sum.buf), off);
+                let addr = b.ins().iadd(em.buf(sum.buf), off);
                 b.ins().store(MemFlagsData::trusted(), r, addr, 0);
             }
         });
@@ -268,10 +212,68 @@ impl KernelSpec for ReduceKernel {
 mod tests {
     use super::super::expr::testing::{assert_bits_eq, check_guard, guarded};
     use super::super::expr::{KeySlot, MaskFactor};
-    use super::super::jit::{CompiledModule, KernelFn, KernelModule};
+    use super::super::jit::{CompiledModule, JitOptions, KernelFn, KernelModule};
     use super::super::parallel::ThreadPool;
     use super::*;
     use dropjit_graph::mask;
+
+    impl ReduceKernel {
+        /// Scalar reference with exactly the summation order of the JIT.
+        fn eval_reference(
+            &self,
+            bufs: &mut [Vec<f32>],
+            keys: &[u64],
+            chan_range: std::ops::Range<usize>,
+        ) {
+            let Dims {
+                outer,
+                chans,
+                inner,
+            } = self.dims;
+            let nvec = inner / 4;
+            for c in chan_range {
+                let mut acc64 = vec![0f64; self.sums.len()];
+                for o in 0..outer {
+                    let vals: Vec<Vec<f32>> = (0..inner)
+                        .map(|i| {
+                            let e = (o * chans + c) * inner + i;
+                            let view = &*bufs;
+                            self.graph.eval_scalar(
+                                &|b: BufId, k: usize| view[b.0 as usize][k],
+                                keys,
+                                e,
+                                c,
+                            )
+                        })
+                        .collect();
+                    for (s, sum) in self.sums.iter().enumerate() {
+                        let v = |i: usize| vals[i][sum.value.0 as usize];
+                        let mut acc = [[0f32; 4]; 4];
+                        for j in 0..nvec {
+                            for (l, a) in acc[j % 4].iter_mut().enumerate() {
+                                *a += v(4 * j + l);
+                            }
+                        }
+                        let mut row = if nvec > 0 {
+                            let q: Vec<f32> = (0..4)
+                                .map(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]))
+                                .collect();
+                            (q[0] + q[1]) + (q[2] + q[3])
+                        } else {
+                            0.0
+                        };
+                        for i in nvec * 4..inner {
+                            row += v(i);
+                        }
+                        acc64[s] += row as f64;
+                    }
+                }
+                for (s, sum) in self.sums.iter().enumerate() {
+                    bufs[sum.buf.0 as usize][c] = (acc64[s] * sum.scale) as f32;
+                }
+            }
+        }
+    }
 
     const DIMS: [(usize, usize, usize); 10] = [
         (1, 1, 1),
@@ -287,8 +289,12 @@ mod tests {
     ];
 
     fn compile(k: &ReduceKernel) -> (CompiledModule, KernelFn) {
-        let mut m = KernelModule::with_verifier(true).unwrap();
-        let h = m.add_kernel(k).unwrap();
+        let mut m = KernelModule::with_options(JitOptions {
+            verify: true,
+            ..JitOptions::default()
+        })
+        .unwrap();
+        let h = m.add_kernels(&[k]).unwrap()[0];
         let c = m.finalize().unwrap();
         let f = c.kernel(h);
         (c, f)

@@ -1,17 +1,16 @@
-//! Building blocks of the scalar loop nests (pooling windows, the option-A
-//! shortcut, softmax cross-entropy): buffer pointers from the `args` array,
-//! f32 elements addressed by an i64 element index, counted loops with
+//! Building blocks of the scalar loop nests (average-pooling windows, the
+//! option-A shortcut, softmax cross-entropy): buffer pointers from the `args`
+//! array, f32 elements addressed by an i64 element index, counted loops with
 //! runtime bounds and zero fills.
 //!
 //! These ops move little data next to the convolutions, so their loops stay
 //! scalar and follow the reference interpreter's arithmetic order exactly.
 
-use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::types::{F32, F32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
-pub(crate) use super::lower::counted_loop;
+pub(crate) use super::expr_to_clif::counted_loop;
 
 /// Base pointer of buffer `BufId(i)`.
 pub(crate) fn arg_ptr(b: &mut FunctionBuilder, ptr_ty: Type, args: Value, i: usize) -> Value {
@@ -59,18 +58,4 @@ pub(crate) fn zero_fill(b: &mut FunctionBuilder, base: Value, start: Value, len:
 pub(crate) fn mul_add(b: &mut FunctionBuilder, a: Value, m: usize, c: Value) -> Value {
     let p = b.ins().imul_imm_s(a, m as i64);
     b.ins().iadd(p, c)
-}
-
-/// Lane 0 of `(v > cur) ? v : cur` and the compare mask (all ones where
-/// `v > cur`), on f32x4 values: Cranelift lowers a scalar float `select` to
-/// branches, while compare + bit-select stay in vector registers.
-pub(crate) fn keep_greater(b: &mut FunctionBuilder, v: Value, cur: Value) -> (Value, Value) {
-    let m = b.ins().fcmp(FloatCC::GreaterThan, v, cur);
-    let mf = b.ins().bitcast(F32X4, MemFlagsData::new(), m);
-    (b.ins().bitselect(mf, v, cur), m)
-}
-
-/// An f32 in lane 0 of an f32x4.
-pub(crate) fn lane0(b: &mut FunctionBuilder, v: Value) -> Value {
-    b.ins().scalar_to_vector(F32X4, v)
 }

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use dropjit_graph::{parse, Graph, LoadOptions};
+use dropjit_graph::{parse, Graph, GraphLoadOptions};
 
 /// A graph with an image input of `image` dims, the given layer JSON objects,
 /// and `loss` / `logits` outputs.
@@ -15,5 +15,6 @@ pub fn graph(image: [usize; 3], classes: usize, nodes: &str, logits: &str) -> Gr
                       {{"name": "loss", "op": "softmax_cross_entropy", "inputs": ["{logits}", "label"]}}],
             "outputs": {{"loss": "loss", "logits": "{logits}"}}}}"#
     );
-    parse(&text, "test graph", LoadOptions::default()).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    parse(&text, "test graph", GraphLoadOptions::default())
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use dropjit_graph::{Graph, LoadOptions};
+use dropjit_graph::{Graph, GraphLoadOptions};
 
 /// Any error a command reports: printed in one or two lines, exit code 1.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
@@ -79,7 +79,7 @@ impl GraphArgs {
             )
             .into());
         }
-        let opts = LoadOptions {
+        let opts = GraphLoadOptions {
             memory_limit_bytes: (self.memory_limit_gib * (1u64 << 30) as f64) as u64,
         };
         Ok(dropjit_graph::load(&self.graph, opts)?)

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use dropjit_graph::recipe::{Augment, Length, Normalize, Recipe, Schedule};
+use dropjit_graph::recipe::{Augment, Length, LrSchedule, Normalize, Recipe};
 use dropjit_graph::step::SgdConfig;
-use dropjit_graph::{Graph, LoadOptions};
+use dropjit_graph::{Graph, GraphLoadOptions};
 
 use super::data::data_root_for;
 use super::dropout_args::DropoutArgs;
@@ -217,7 +217,7 @@ fn check_flags(a: &TrainArgs) -> Result<(), CliError> {
 }
 
 fn load_graph(path: &Path, memory_limit_gib: f64) -> Result<(Graph, String), CliError> {
-    let opts = LoadOptions {
+    let opts = GraphLoadOptions {
         memory_limit_bytes: (memory_limit_gib * (1u64 << 30) as f64) as u64,
     };
     let g = dropjit_graph::load(path, opts)?;
@@ -243,16 +243,16 @@ fn resolve_recipe(base: &Recipe, a: &TrainArgs) -> Result<Recipe, CliError> {
         r.base_lr = lr;
     }
     r.schedule = match (a.schedule, r.schedule) {
-        (Some(ScheduleArg::Constant), _) => Schedule::Constant,
-        (Some(ScheduleArg::Multistep), _) => Schedule::MultiStep {
+        (Some(ScheduleArg::Constant), _) => LrSchedule::Constant,
+        (Some(ScheduleArg::Multistep), _) => LrSchedule::MultiStep {
             milestones: vec![],
             gamma: 0.1,
         },
-        (Some(ScheduleArg::Cosine), _) => Schedule::Cosine { min_lr: 0.0 },
+        (Some(ScheduleArg::Cosine), _) => LrSchedule::Cosine { min_lr: 0.0 },
         (None, s) => s,
     };
     match &mut r.schedule {
-        Schedule::MultiStep { milestones, gamma } => {
+        LrSchedule::MultiStep { milestones, gamma } => {
             if let Some(m) = &a.milestones {
                 *milestones = m.clone();
             }
@@ -271,7 +271,7 @@ fn resolve_recipe(base: &Recipe, a: &TrainArgs) -> Result<Recipe, CliError> {
         }
     }
     match &mut r.schedule {
-        Schedule::Cosine { min_lr } => {
+        LrSchedule::Cosine { min_lr } => {
             if let Some(m) = a.min_lr {
                 *min_lr = m;
             }
@@ -325,9 +325,9 @@ fn resolve_recipe(base: &Recipe, a: &TrainArgs) -> Result<Recipe, CliError> {
 /// merges two milestones (the decays would no longer be the recipe's).
 fn scale_schedule(
     iterations: usize,
-    schedule: &Schedule,
+    schedule: &LrSchedule,
     scale: f64,
-) -> Result<(usize, Schedule), CliError> {
+) -> Result<(usize, LrSchedule), CliError> {
     let scaled = |n: usize| (n as f64 * scale).round() as usize;
     let total = scaled(iterations);
     if total == 0 {
@@ -337,7 +337,7 @@ fn scale_schedule(
         .into());
     }
     let schedule = match schedule {
-        Schedule::MultiStep { milestones, gamma } => {
+        LrSchedule::MultiStep { milestones, gamma } => {
             let m: Vec<usize> = milestones.iter().map(|&m| scaled(m)).collect();
             if m.contains(&0) || m.windows(2).any(|w| w[0] >= w[1]) {
                 return Err(format!(
@@ -346,7 +346,7 @@ fn scale_schedule(
                 )
                 .into());
             }
-            Schedule::MultiStep {
+            LrSchedule::MultiStep {
                 milestones: m,
                 gamma: *gamma,
             }
@@ -356,11 +356,11 @@ fn scale_schedule(
     Ok((total, schedule))
 }
 
-fn schedule_name(s: &Schedule) -> &'static str {
+fn schedule_name(s: &LrSchedule) -> &'static str {
     match s {
-        Schedule::Constant => "constant",
-        Schedule::MultiStep { .. } => "multistep",
-        Schedule::Cosine { .. } => "cosine",
+        LrSchedule::Constant => "constant",
+        LrSchedule::MultiStep { .. } => "multistep",
+        LrSchedule::Cosine { .. } => "cosine",
     }
 }
 

@@ -126,7 +126,7 @@ pub enum Cifar100Labels {
 
 /// How to load: the data set (detected from the directory when `None`) and the CIFAR-100 labels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LoadOptions {
+pub struct DataLoadOptions {
     pub kind: Option<DatasetKind>,
     pub cifar100_labels: Cifar100Labels,
 }
@@ -182,7 +182,7 @@ pub struct Dataset {
 
 /// Locate the data set under `root` (the directory itself or one of its known sub-directories),
 /// read both splits and validate them. Reading never panics on bad files.
-pub fn load_dataset(root: &Path, options: &LoadOptions) -> Result<Dataset, DataError> {
+pub fn load_dataset(root: &Path, options: &DataLoadOptions) -> Result<Dataset, DataError> {
     let (kind, dir) = locate_dataset(root, options.kind)?;
     let classes = kind.num_classes(options.cifar100_labels);
     let (train, test) = match kind {

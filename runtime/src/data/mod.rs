@@ -9,7 +9,7 @@
 //! Typical use:
 //! ```ignore
 //! let root = resolve_data_dir(args.data.as_deref())?;
-//! let ds = load_dataset(&root, &LoadOptions { kind: args.dataset, ..Default::default() })?;
+//! let ds = load_dataset(&root, &DataLoadOptions { kind: args.dataset, ..Default::default() })?;
 //! let stats = NormStats::compute(Normalization::ChannelMeanStd, &ds.train);
 //! let loader = BatchLoader::new(&ds.train, &stats, Some(Augment::default()), seed);
 //! for epoch in start_epoch..epochs {
@@ -40,8 +40,8 @@ pub use augment::{crop_flip_normalize, draw_crop_flip, Augment, CropFlip};
 pub use batch::{batches_per_epoch, eval_batches, for_each_eval_batch, BatchLoader, LastBatch};
 pub use cifar::{read_cifar10, read_cifar100, CIFAR100_RECORD, CIFAR10_RECORD};
 pub use dataset::{
-    load_dataset, Cifar100Labels, Dataset, DatasetKind, ImageShape, LoadOptions, Split, CHANNELS,
-    IMAGE_LEN, PLANE, SIDE,
+    load_dataset, Cifar100Labels, DataLoadOptions, Dataset, DatasetKind, ImageShape, Split,
+    CHANNELS, IMAGE_LEN, PLANE, SIDE,
 };
 pub use error::{DataError, DOWNLOAD_HELP};
 pub use idx::{read_idx_dataset, IDX_FILES};

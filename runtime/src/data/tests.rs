@@ -206,7 +206,7 @@ fn cifar10_set_reads_and_validates() {
     };
     let resolved = resolve_data_dir(Some(&root))
         .unwrap_or_else(|e| panic!("{} is not usable:\n{e}", root.display()));
-    let ds = load_dataset(&resolved, &LoadOptions::default())
+    let ds = load_dataset(&resolved, &DataLoadOptions::default())
         .unwrap_or_else(|e| panic!("{}: {e}", root.display()));
     assert_eq!(ds.kind, DatasetKind::Cifar10);
     assert_eq!(ds.num_classes, 10);
@@ -254,7 +254,7 @@ fn cifar100_fixture_pixels_fine_and_coarse() {
     write(&dir.join("test.bin"), &cifar_record(&[2, 3], &[]));
     assert_eq!(train.len(), 3 * CIFAR100_RECORD);
 
-    let ds = load_dataset(tmp.path(), &LoadOptions::default()).unwrap();
+    let ds = load_dataset(tmp.path(), &DataLoadOptions::default()).unwrap();
     assert_eq!(ds.kind, DatasetKind::Cifar100);
     assert_eq!(ds.dir, dir);
     assert_eq!(ds.num_classes, 100);
@@ -268,7 +268,7 @@ fn cifar100_fixture_pixels_fine_and_coarse() {
         assert_eq!(img.iter().filter(|&&v| v != 0).count(), 3);
     }
 
-    let coarse = LoadOptions {
+    let coarse = DataLoadOptions {
         kind: Some(DatasetKind::Cifar100),
         cifar100_labels: Cifar100Labels::Coarse,
     };
@@ -302,7 +302,7 @@ fn svhn_fixture_double_y_little_endian() {
     let tmp = tempfile::tempdir().unwrap();
     write(&tmp.path().join(SVHN_TRAIN), &svhn_fixture(false, true));
     write(&tmp.path().join(SVHN_TEST), &svhn_fixture(false, false));
-    let ds = load_dataset(tmp.path(), &LoadOptions::default()).unwrap();
+    let ds = load_dataset(tmp.path(), &DataLoadOptions::default()).unwrap();
     assert_eq!(ds.kind, DatasetKind::Svhn);
     assert_eq!(ds.num_classes, 10);
     check_svhn_split(&ds.train);
@@ -439,7 +439,7 @@ fn truncated_cifar10_names_file_and_record() {
             ("test_batch.bin", cifar10_records(&[0])),
         ],
     );
-    let err = load_dataset(tmp.path(), &LoadOptions::default()).unwrap_err();
+    let err = load_dataset(tmp.path(), &DataLoadOptions::default()).unwrap_err();
     assert!(
         matches!(
             err,
@@ -542,7 +542,7 @@ fn missing_and_empty_files_are_distinct_errors() {
     // Missing SVHN test file.
     let tmp = tempfile::tempdir().unwrap();
     write(&tmp.path().join(SVHN_TRAIN), &svhn_fixture(false, true));
-    let err = load_dataset(tmp.path(), &LoadOptions::default()).unwrap_err();
+    let err = load_dataset(tmp.path(), &DataLoadOptions::default()).unwrap_err();
     assert!(matches!(err, DataError::MissingFile { .. }), "{err:?}");
     assert!(err.to_string().contains(SVHN_TEST), "{err}");
 }

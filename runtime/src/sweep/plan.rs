@@ -177,6 +177,6 @@ fn apply_override(node: &mut serde_json::Value, over: &SiteOverride) {
 }
 
 fn load_graph(path: &Path) -> Result<dropjit_graph::Graph, SweepError> {
-    dropjit_graph::load(path, dropjit_graph::LoadOptions::default())
+    dropjit_graph::load(path, dropjit_graph::GraphLoadOptions::default())
         .map_err(|e| SweepError::Other(e.to_string()))
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use dropjit_graph::dropout::DropoutConfig;
-use dropjit_graph::recipe::{Normalize, Schedule};
+use dropjit_graph::recipe::{LrSchedule, Normalize};
 use dropjit_graph::DropoutMode;
 use serde::{Deserialize, Serialize};
 
@@ -150,25 +150,25 @@ impl NormSummary {
 }
 
 impl ScheduleConfig {
-    pub fn of(s: &Schedule) -> ScheduleConfig {
+    pub fn of(s: &LrSchedule) -> ScheduleConfig {
         match s {
-            Schedule::Constant => ScheduleConfig::Constant,
-            Schedule::MultiStep { milestones, gamma } => ScheduleConfig::Multistep {
+            LrSchedule::Constant => ScheduleConfig::Constant,
+            LrSchedule::MultiStep { milestones, gamma } => ScheduleConfig::Multistep {
                 milestones: milestones.clone(),
                 gamma: *gamma,
             },
-            Schedule::Cosine { min_lr } => ScheduleConfig::Cosine { min_lr: *min_lr },
+            LrSchedule::Cosine { min_lr } => ScheduleConfig::Cosine { min_lr: *min_lr },
         }
     }
 
-    pub fn schedule(&self) -> Schedule {
+    pub fn schedule(&self) -> LrSchedule {
         match self {
-            ScheduleConfig::Constant => Schedule::Constant,
-            ScheduleConfig::Multistep { milestones, gamma } => Schedule::MultiStep {
+            ScheduleConfig::Constant => LrSchedule::Constant,
+            ScheduleConfig::Multistep { milestones, gamma } => LrSchedule::MultiStep {
                 milestones: milestones.clone(),
                 gamma: *gamma,
             },
-            ScheduleConfig::Cosine { min_lr } => Schedule::Cosine { min_lr: *min_lr },
+            ScheduleConfig::Cosine { min_lr } => LrSchedule::Cosine { min_lr: *min_lr },
         }
     }
 }

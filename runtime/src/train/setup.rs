@@ -8,7 +8,7 @@ use dropjit_graph::Graph;
 
 use super::error::TrainError;
 use crate::data::{
-    load_dataset, Dataset, DatasetKind, LoadOptions, NormStats, Normalization, Split,
+    load_dataset, DataLoadOptions, Dataset, DatasetKind, NormStats, Normalization, Split,
 };
 
 /// The data of a run: both splits (after the limits) and the statistics of the
@@ -38,7 +38,7 @@ pub fn load_data(
 ) -> Result<RunData, TrainError> {
     let mut dataset = load_dataset(
         root,
-        &LoadOptions {
+        &DataLoadOptions {
             kind,
             ..Default::default()
         },

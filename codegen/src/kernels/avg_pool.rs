@@ -1,33 +1,24 @@
-//! Max and average pooling and their gradients as scalar Cranelift loops,
-//! split by planes (`N·C`); each plane is read and written by one range only.
+//! Average pooling and its gradient as scalar Cranelift loops, split by
+//! planes (`N·C`); each plane is read and written by one range only. (Max
+//! pooling is a Rust launch: `crate::maxpool`.)
 //!
 //! ```text
 //! for p in begin..end
 //!   for oh, ow                        window rows h0..h1, cols w0..w1 (clipped),
 //!                                     divisor = window size inside the padding
-//!     max:      y = first max over the window (row-major order)
-//!     avg:      y = (Σ window, row-major) / divisor
-//!     max grad: dx[first argmax] += dy            (dx zeroed per plane first)
-//!     avg grad: dx[every tap] += dy / divisor
+//!     forward:  y = (Σ window, row-major) / divisor
+//!     gradient: dx[every tap] += dy / divisor     (dx zeroed per plane first)
 //! ```
 //! Window bounds are computed in the loop from `(oh, ow)` with `smin`/`smax`,
 //! exactly as `dropjit_graph::interp::window`; `validate` checks at plan time
 //! that every window is non-empty and inside its plane.
 
-use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64};
+use cranelift_codegen::ir::types::F32;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 
 use super::jit::{FuncEnv, KernelSpec, Result};
-use super::scalar::{
-    arg_ptr, counted_loop, int, keep_greater, lane0, load_f32, mul_add, store_f32, zero_fill,
-};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PoolKind {
-    Max,
-    Avg,
-}
+use super::scalar::{arg_ptr, counted_loop, int, load_f32, mul_add, store_f32, zero_fill};
 
 /// One plane's pooling geometry (square window, same stride and padding on both axes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,13 +63,12 @@ impl PoolGeom {
     }
 }
 
-/// A pooling pass over `planes` planes. Arguments: forward `[x, y]`,
-/// max grad `[dy, x, dx]`, avg grad `[dy, dx]`.
+/// An average-pooling pass over `planes` planes. Arguments: forward
+/// `[x, y]`, gradient `[dy, dx]`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PoolKernel {
+pub struct AvgPoolKernel {
     pub symbol: String,
     pub comment: String,
-    pub kind: PoolKind,
     pub grad: bool,
     pub planes: usize,
     pub geom: PoolGeom,
@@ -100,10 +90,9 @@ fn window(b: &mut FunctionBuilder, o: Value, g: &PoolGeom, len: usize) -> (Value
     (first, end, count)
 }
 
-/// Emits a callback on the element index of every tap of a window (the first
-/// may be skipped when the flag is set).
+/// Emits a callback on the element index of every tap of a window.
 type TapFn<'a> = dyn FnMut(&mut FunctionBuilder, Value) + 'a;
-type WindowVisitor<'a> = dyn FnMut(&mut FunctionBuilder, bool, &mut TapFn) + 'a;
+type WindowVisitor<'a> = dyn FnMut(&mut FunctionBuilder, &mut TapFn) + 'a;
 
 /// The buffers and the element offsets of the current plane in `x`/`dx` and `y`/`dy`.
 struct Plane<'a> {
@@ -112,7 +101,7 @@ struct Plane<'a> {
     y: Value,
 }
 
-impl PoolKernel {
+impl AvgPoolKernel {
     /// One output of a window that lies inside the plane: the k×k taps at
     /// compile-time offsets from the window's corner, in row-major order.
     fn interior_window(&self, b: &mut FunctionBuilder, at: &Plane, oh: Value, ow: Value) {
@@ -130,8 +119,8 @@ impl PoolKernel {
         let yi = mul_add(b, oh, g.out_w, ow);
         let yi = b.ins().iadd(at.y, yi);
         let count = b.ins().f32const((g.kernel * g.kernel) as f32);
-        self.window_op(b, at, (yi, corner), count, &mut |b, skip_first, tap| {
-            for &t in &taps[usize::from(skip_first)..] {
+        self.window_op(b, at, yi, count, &mut |b, tap| {
+            for &t in &taps {
                 let i = b.ins().iadd_imm_s(corner, t);
                 tap(b, i);
             }
@@ -149,11 +138,7 @@ impl PoolKernel {
         let count = b.ins().imul(hc, wc);
         let count = b.ins().fcvt_from_sint(F32, count);
         let x0 = at.x;
-        let first = mul_add(b, h0, g.in_w, w0);
-        let first = b.ins().iadd(x0, first);
-        // Visits the first tap again when asked to skip it: a repeated
-        // element never wins a strict `>` and adds nothing to the maximum.
-        self.window_op(b, at, (yi, first), count, &mut |b, _, tap| {
+        self.window_op(b, at, yi, count, &mut |b, tap| {
             counted_loop(b, h0, h1, 1, true, &mut |b, ih| {
                 counted_loop(b, w0, w1, 1, true, &mut |b, iw| {
                     let i = mul_add(b, ih, g.in_w, iw);
@@ -164,101 +149,46 @@ impl PoolKernel {
         });
     }
 
-    /// The op on one window: `visit(b, skip_first, tap)` emits `tap` on the
-    /// element index of every element of the window in row-major order
-    /// (possibly without the first, which `first` indexes); `yi` is the
+    /// The op on one window: `visit(b, tap)` emits `tap` on the element
+    /// index of every element of the window in row-major order; `yi` is the
     /// output's element index and `count` the divisor (f32).
     fn window_op(
         &self,
         b: &mut FunctionBuilder,
         at: &Plane,
-        (yi, first): (Value, Value),
+        yi: Value,
         count: Value,
         visit: &mut WindowVisitor,
     ) {
         let bufs = at.bufs;
-        match (self.kind, self.grad) {
-            (PoolKind::Max, false) => {
-                let (x, y) = (bufs[0], bufs[1]);
-                let best = b.declare_var(F32X4);
-                let v0 = load_f32(b, x, first);
-                let v0 = lane0(b, v0);
-                b.def_var(best, v0);
-                visit(b, true, &mut |b, i| {
-                    let v = load_f32(b, x, i);
-                    let v = lane0(b, v);
-                    let cur = b.use_var(best);
-                    let next = keep_greater(b, v, cur).0;
-                    b.def_var(best, next);
-                });
-                let v = b.use_var(best);
-                let v = b.ins().extractlane(v, 0);
-                store_f32(b, y, yi, v);
-            }
-            (PoolKind::Avg, false) => {
-                let (x, y) = (bufs[0], bufs[1]);
-                let acc = b.declare_var(F32);
-                let z = b.ins().f32const(0.0);
-                b.def_var(acc, z);
-                visit(b, false, &mut |b, i| {
-                    let v = load_f32(b, x, i);
-                    let cur = b.use_var(acc);
-                    let next = b.ins().fadd(cur, v);
-                    b.def_var(acc, next);
-                });
-                let s = b.use_var(acc);
-                let v = b.ins().fdiv(s, count);
-                store_f32(b, y, yi, v);
-            }
-            (PoolKind::Max, true) => {
-                // The argmax index rides in lane 0 of an i32x4 next to the
-                // maximum (indices fit in 32 bits: checked in `validate`).
-                let (dy, x, dx) = (bufs[0], bufs[1], bufs[2]);
-                let best = b.declare_var(F32X4);
-                let arg = b.declare_var(I32X4);
-                let index = |b: &mut FunctionBuilder, i: Value| {
-                    let i32 = b.ins().ireduce(I32, i);
-                    b.ins().scalar_to_vector(I32X4, i32)
-                };
-                let v0 = load_f32(b, x, first);
-                let v0 = lane0(b, v0);
-                b.def_var(best, v0);
-                let i0 = index(b, first);
-                b.def_var(arg, i0);
-                visit(b, true, &mut |b, i| {
-                    let v = load_f32(b, x, i);
-                    let v = lane0(b, v);
-                    let i4 = index(b, i);
-                    let cur = b.use_var(best);
-                    let (next, gt) = keep_greater(b, v, cur);
-                    b.def_var(best, next);
-                    let a = b.use_var(arg);
-                    let a = b.ins().bitselect(gt, i4, a);
-                    b.def_var(arg, a);
-                });
-                let a = b.use_var(arg);
-                let a = b.ins().extractlane(a, 0);
-                let a = b.ins().uextend(I64, a);
-                let d = load_f32(b, dy, yi);
-                let old = load_f32(b, dx, a);
-                let new = b.ins().fadd(old, d);
-                store_f32(b, dx, a, new);
-            }
-            (PoolKind::Avg, true) => {
-                let (dy, dx) = (bufs[0], bufs[1]);
-                let d = load_f32(b, dy, yi);
-                let share = b.ins().fdiv(d, count);
-                visit(b, false, &mut |b, i| {
-                    let old = load_f32(b, dx, i);
-                    let new = b.ins().fadd(old, share);
-                    store_f32(b, dx, i, new);
-                });
-            }
+        if self.grad {
+            let (dy, dx) = (bufs[0], bufs[1]);
+            let d = load_f32(b, dy, yi);
+            let share = b.ins().fdiv(d, count);
+            visit(b, &mut |b, i| {
+                let old = load_f32(b, dx, i);
+                let new = b.ins().fadd(old, share);
+                store_f32(b, dx, i, new);
+            });
+        } else {
+            let (x, y) = (bufs[0], bufs[1]);
+            let acc = b.declare_var(F32);
+            let z = b.ins().f32const(0.0);
+            b.def_var(acc, z);
+            visit(b, &mut |b, i| {
+                let v = load_f32(b, x, i);
+                let cur = b.use_var(acc);
+                let next = b.ins().fadd(cur, v);
+                b.def_var(acc, next);
+            });
+            let s = b.use_var(acc);
+            let v = b.ins().fdiv(s, count);
+            store_f32(b, y, yi, v);
         }
     }
 }
 
-impl KernelSpec for PoolKernel {
+impl KernelSpec for AvgPoolKernel {
     fn symbol(&self) -> &str {
         &self.symbol
     }
@@ -275,8 +205,8 @@ impl KernelSpec for PoolKernel {
         if self.planes.saturating_mul(g.in_plane().max(g.out_plane())) > u32::MAX as usize {
             return Err(self.invalid("more than 2^32 elements".into()));
         }
-        // Every window must hold at least one element of its plane: the max
-        // starts from the first tap, and the bounds then stay inside the plane.
+        // Every window must hold at least one element of its plane, so the
+        // bounds stay inside the plane.
         for (len, outs) in [(g.in_h, g.out_h), (g.in_w, g.out_w)] {
             if let Some(o) = (0..outs).find(|&o| g.window(o, len).is_none()) {
                 return Err(self.invalid(format!("window {o} of {g:?} is empty")));
@@ -289,12 +219,7 @@ impl KernelSpec for PoolKernel {
         let [args, _keys, begin, end] = p;
         let g = self.geom;
         let ptr = env.ptr_ty();
-        let nargs = match (self.grad, self.kind) {
-            (false, _) => 2,
-            (true, PoolKind::Max) => 3,
-            (true, PoolKind::Avg) => 2,
-        };
-        let bufs: Vec<Value> = (0..nargs).map(|i| arg_ptr(b, ptr, args, i)).collect();
+        let bufs: Vec<Value> = (0..2).map(|i| arg_ptr(b, ptr, args, i)).collect();
         let (h_lo, h_hi) = g.interior(g.in_h, g.out_h);
         let (w_lo, w_hi) = g.interior(g.in_w, g.out_w);
         counted_loop(b, begin, end, 1, true, &mut |b, plane| {
@@ -304,7 +229,7 @@ impl KernelSpec for PoolKernel {
                 y: b.ins().imul_imm_s(plane, g.out_plane() as i64),
             };
             if self.grad {
-                zero_fill(b, bufs[nargs - 1], base.x, g.in_plane());
+                zero_fill(b, bufs[1], base.x, g.in_plane());
             }
             // Rows and columns whose windows lie wholly inside the plane take
             // the unrolled path; the clipped border keeps the general loops.

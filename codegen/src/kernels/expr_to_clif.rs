@@ -1,5 +1,6 @@
-//! Cranelift lowering of [`ExprGraph`]s over groups of `f32x4` chunks, plus the
-//! loop helpers shared by the elementwise and reduction emitters.
+//! Cranelift IR for [`ExprGraph`]s ([`ExprEmitter`]) over groups of `f32x4`
+//! chunks, plus the loop helpers shared by the elementwise and reduction
+//! kernels.
 //!
 //! Every value is an `f32x4`. A *vector* chunk covers 4 consecutive elements
 //! (unaligned `load.f32x4`); a *scalar* chunk covers one element, loaded with a
@@ -119,7 +120,10 @@ fn scalar_flags() -> MemFlagsData {
     MemFlagsData::trusted()
 }
 
-pub(crate) struct Lowerer<'g> {
+/// Emits one [`ExprGraph`]'s values inside a kernel's loops: the prologue
+/// (`new`), per-row values (`begin_row`), then each group of chunks
+/// (`eval_group`).
+pub(crate) struct ExprEmitter<'g> {
     g: &'g ExprGraph,
     live: Vec<bool>,
     level: Vec<Level>,
@@ -131,7 +135,7 @@ pub(crate) struct Lowerer<'g> {
     zero: Value,
 }
 
-impl<'g> Lowerer<'g> {
+impl<'g> ExprEmitter<'g> {
     /// Emits the prologue at the current block: buffer pointers of the live
     /// nodes and of `extra_bufs`, mask keys, constants, kernel-level nodes.
     pub fn new(

@@ -1,0 +1,253 @@
+//! Nodes that become one launch each: convolution passes (with a bias add
+//! and BatchNorm's statistics folded into the forward pass when only they
+//! read its output), GEMMs, max pooling in Rust, and the scalar loop nests.
+
+use dropjit_graph::interp::Nchw;
+use dropjit_graph::op::{Conv2dAttrs, Op};
+use dropjit_graph::NodeId;
+
+use super::{KernelDef, Lower};
+use crate::conv::{ConvLaunch, ConvPass};
+use crate::kernels::avg_pool::{AvgPoolKernel, PoolGeom};
+use crate::kernels::gemm::{ConvGeom, GemmDesc};
+use crate::kernels::shortcut::{ShortcutGeom, ShortcutKernel};
+use crate::kernels::softmax::SoftmaxXentKernel;
+use crate::maxpool::MaxPoolLaunch;
+use crate::schedule::{BufRef, LaunchKind, NativeOp, ScalarOp};
+use crate::CodegenError;
+
+impl Lower<'_> {
+    /// A forward convolution, with the bias add and BatchNorm statistics
+    /// folded in where they apply.
+    pub(super) fn conv_forward(&mut self, id: NodeId, a: &Conv2dAttrs) -> Result<(), CodegenError> {
+        let node = self.g.node(id).clone();
+        let ins = &node.inputs;
+        let out_elems = self.elems(id);
+        let (x, y) = (self.nchw(ins[0]), self.nchw(id));
+        let yb = self.temp(&node.name, out_elems);
+        let args = [self.buf(ins[0]), self.buf(ins[1]), yb];
+        let mut launch = ConvLaunch::new(ConvPass::Forward, conv_geom(x, a), self.n, y.c, self.isa);
+        let mut nodes = vec![id];
+        let mut extra = Vec::new();
+        // A bias that only this convolution's output receives is added as the
+        // output is stored (one pass less over it); the convolution's own,
+        // bias-free value is then never stored.
+        let out_node = match self.bias_of(id) {
+            Some((add, bias)) => {
+                // Parameters are bound where they are first used.
+                self.node(bias)?;
+                launch = launch.with_bias();
+                nodes.push(add);
+                extra.push(self.buf(bias));
+                add
+            }
+            None => id,
+        };
+        // BatchNorm's statistics taken while the output is written.
+        if let Some((mean, var)) = self.bn_stats_of(out_node) {
+            let (mb, vb) = (
+                self.temp(&self.g.node(mean).name.clone(), y.c),
+                self.temp(&self.g.node(var).name.clone(), y.c),
+            );
+            launch = launch.with_stats();
+            nodes.extend([mean, var]);
+            extra.extend([mb, vb]);
+            self.value[mean.index()] = Some(mb);
+            self.value[var.index()] = Some(vb);
+        }
+        self.conv_launch(&nodes, launch, args, &extra);
+        self.value[out_node.index()] = Some(yb);
+        Ok(())
+    }
+
+    /// A convolution's input or weight gradient (inputs `[dy, w]` or
+    /// `[dy, x]`).
+    pub(super) fn conv_grad(&mut self, id: NodeId, pass: ConvPass, a: &Conv2dAttrs) {
+        let node = self.g.node(id).clone();
+        let ins = &node.inputs;
+        // The forward input's shape: dx's own, or that of dW's second input.
+        let (dy, x) = match pass {
+            ConvPass::GradInput => (self.nchw(ins[0]), self.nchw(id)),
+            _ => (self.nchw(ins[0]), self.nchw(ins[1])),
+        };
+        let out = self.temp(&node.name, self.elems(id));
+        let args = [self.buf(ins[0]), self.buf(ins[1]), out];
+        let launch = ConvLaunch::new(pass, conv_geom(x, a), self.n, dy.c, self.isa);
+        self.conv_launch(&[id], launch, args, &[]);
+        self.value[id.index()] = Some(out);
+    }
+
+    /// A linear layer or one of its gradients as one GEMM launch.
+    pub(super) fn linear(&mut self, id: NodeId) {
+        let ins = self.g.node(id).inputs.clone();
+        let d = match self.g.node(id).op {
+            Op::Linear => {
+                // y[N, O] = x[N, I] · Wᵀ[I, O]
+                let (i, o) = (self.ty(ins[0]).dims[0], self.ty(id).dims[0]);
+                let mut d = GemmDesc::row_major(self.n, i, o, 1.0, 0.0);
+                d.rsb = 1;
+                d.csb = i as isize;
+                d
+            }
+            Op::LinearGradInput => {
+                // dx[N, I] = dy[N, O] · W[O, I]
+                let (o, i) = (self.ty(ins[0]).dims[0], self.ty(id).dims[0]);
+                GemmDesc::row_major(self.n, o, i, 1.0, 0.0)
+            }
+            Op::LinearGradWeight => {
+                // dW[O, I] = dyᵀ[O, N] · x[N, I]
+                let (o, i) = (self.ty(ins[0]).dims[0], self.ty(ins[1]).dims[0]);
+                let mut d = GemmDesc::row_major(o, self.n, i, 1.0, 0.0);
+                d.rsa = 1;
+                d.csa = o as isize;
+                d
+            }
+            _ => unreachable!("linear ops only"),
+        };
+        self.gemm(id, d, ins[0], ins[1]);
+    }
+
+    /// `node = A · B` through one GEMM launch.
+    fn gemm(&mut self, id: NodeId, d: GemmDesc, a: NodeId, b: NodeId) {
+        let out = self.temp(&self.g.node(id).name.clone(), self.elems(id));
+        self.launch(
+            LaunchKind::Gemm(d),
+            vec![self.buf(a), self.buf(b), out],
+            &[id],
+        );
+        self.value[id.index()] = Some(out);
+    }
+
+    /// One convolution launch for `nodes` (the pass first): its three
+    /// buffers, a scratch, then `extra` (the statistics).
+    fn conv_launch(
+        &mut self,
+        nodes: &[NodeId],
+        launch: ConvLaunch,
+        args: [BufRef; 3],
+        extra: &[BufRef],
+    ) {
+        let scratch = self.temp(
+            &format!("{}.scratch", self.g.node(nodes[0]).name),
+            launch.scratch(),
+        );
+        let mut all = vec![args[0], args[1], args[2], scratch];
+        all.extend(extra);
+        self.launch(LaunchKind::Native(NativeOp::Conv(launch)), all, nodes);
+    }
+
+    /// The bias-add node and its bias parameter when that node is the only
+    /// reader of convolution `id`'s output.
+    fn bias_of(&self, id: NodeId) -> Option<(NodeId, NodeId)> {
+        let [add] = self.users[id.index()][..] else {
+            return None;
+        };
+        let node = self.g.node(add);
+        let bias = *node.inputs.get(1)?;
+        (node.op == Op::BiasAdd
+            && node.inputs[0] == id
+            && matches!(self.g.node(bias).op, Op::Param(_))
+            && !self.outputs.contains(&id))
+        .then_some((add, bias))
+    }
+
+    /// The BatchNorm mean and variance nodes that read convolution `id`'s
+    /// output directly, if both do.
+    fn bn_stats_of(&self, id: NodeId) -> Option<(NodeId, NodeId)> {
+        let users = &self.users[id.index()];
+        let mean = *users.iter().find(|&&u| {
+            matches!(self.g.node(u).op, Op::BnMean { .. }) && self.g.node(u).inputs[0] == id
+        })?;
+        let var = *users.iter().find(|&&u| {
+            matches!(self.g.node(u).op, Op::BnVar { .. }) && self.g.node(u).inputs == [id, mean]
+        })?;
+        Some((mean, var))
+    }
+
+    /// Max pooling or its gradient as a Rust launch (`crate::maxpool`).
+    pub(super) fn max_pool(&mut self, id: NodeId, launch: MaxPoolLaunch, ins: &[NodeId]) {
+        let out_elems = *launch.extents().last().expect("an output");
+        let out = self.temp(&self.g.node(id).name.clone(), out_elems);
+        let mut args: Vec<BufRef> = ins.iter().map(|&i| self.buf(i)).collect();
+        args.push(out);
+        self.launch(LaunchKind::Native(NativeOp::MaxPool(launch)), args, &[id]);
+        self.value[id.index()] = Some(out);
+    }
+
+    /// A scalar Cranelift loop nest (average pooling, the option-A shortcut,
+    /// the loss) and its launch.
+    pub(super) fn scalar(&mut self, id: NodeId, op: ScalarOp, ins: &[NodeId]) {
+        let name = self.g.node(id).name.clone();
+        let (_, out_elems) = op.extents();
+        let out = self.temp(&name, out_elems);
+        let mut args: Vec<BufRef> = ins.iter().map(|&i| self.buf(i)).collect();
+        args.push(out);
+        let func = self.kernels.len();
+        self.kernels
+            .push(scalar_kernel(&op, &format!("k{func}"), &name));
+        self.launch(LaunchKind::Scalar { func, op }, args, &[id]);
+        self.value[id.index()] = Some(out);
+    }
+}
+
+fn conv_geom(x: Nchw, a: &Conv2dAttrs) -> ConvGeom {
+    ConvGeom::new(
+        x.c,
+        x.h,
+        x.w,
+        a.kernel,
+        a.kernel,
+        (a.stride, a.stride),
+        (a.padding, a.padding),
+    )
+}
+
+/// The loop nest that implements scalar op `op`.
+fn scalar_kernel(op: &ScalarOp, symbol: &str, comment: &str) -> KernelDef {
+    let (symbol, comment) = (symbol.to_string(), comment.to_string());
+    match *op {
+        ScalarOp::AvgPool { pool, x, y } | ScalarOp::AvgPoolGrad { pool, x, y } => {
+            KernelDef::AvgPool(AvgPoolKernel {
+                symbol,
+                comment,
+                grad: matches!(op, ScalarOp::AvgPoolGrad { .. }),
+                planes: x.n * x.c,
+                geom: PoolGeom {
+                    in_h: x.h,
+                    in_w: x.w,
+                    out_h: y.h,
+                    out_w: y.w,
+                    kernel: pool.kernel,
+                    stride: pool.stride,
+                    padding: pool.padding,
+                },
+            })
+        }
+        ScalarOp::ShortcutA { stride, x, y } | ScalarOp::ShortcutAGrad { stride, x, y } => {
+            KernelDef::Shortcut(ShortcutKernel {
+                symbol,
+                comment,
+                grad: matches!(op, ScalarOp::ShortcutAGrad { .. }),
+                images: x.n,
+                geom: ShortcutGeom {
+                    c_in: x.c,
+                    in_h: x.h,
+                    in_w: x.w,
+                    c_out: y.c,
+                    out_h: y.h,
+                    out_w: y.w,
+                    stride,
+                },
+            })
+        }
+        ScalarOp::SoftmaxCrossEntropy { n, k } | ScalarOp::SoftmaxCrossEntropyGrad { n, k } => {
+            KernelDef::SoftmaxXent(SoftmaxXentKernel {
+                symbol,
+                comment,
+                grad: matches!(op, ScalarOp::SoftmaxCrossEntropyGrad { .. }),
+                rows: n,
+                k,
+            })
+        }
+    }
+}
