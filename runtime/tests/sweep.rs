@@ -172,6 +172,10 @@ fn sweep_runs_every_cell_and_status_and_report_read_them() {
         md,
         std::fs::read_to_string(sweep.join("report.md")).unwrap()
     );
+    assert!(
+        md.contains("Every run changes the model's recipe: `{\"iterations\":12,"),
+        "{md}"
+    );
     let acc = |run: &str| {
         json(&sweep.join("runs").join(run).join("summary.json"))["final_test_accuracy"]
             .as_f64()
@@ -456,7 +460,16 @@ fn a_failing_run_is_reported_and_the_others_finish() {
         &["report", &t.join("runs/failing").display().to_string()],
     );
     assert_ok(&out);
-    assert!(text(&out.stdout).contains("2 of 4 runs are not finished"));
+    let md = text(&out.stdout);
+    assert!(md.contains("2 of 4 runs are not finished"), "{md}");
+    assert!(
+        md.contains("Runs that change the model's recipe: plain: {"),
+        "{md}"
+    );
+    assert!(
+        md.contains("too-big: {\"iterations\":6,\"batch\":1000,"),
+        "{md}"
+    );
 }
 
 #[test]
@@ -600,7 +613,16 @@ fn slurm_dry_run_writes_an_array_of_the_unfinished_runs() {
             .join("\n")
             + "\n"
     );
-    // What an array task does, by hand: runs 0 and 3.
+    // What an array task does, by hand: runs 0 and 3. Tasks start together on
+    // one directory, so they write nothing shared (sweep.json stays as the
+    // submission wrote it).
+    let modified = || {
+        std::fs::metadata(dir.join("sweep.json"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let written = modified();
     for i in ["0", "3"] {
         let out = dropjit(
             t,
@@ -617,6 +639,7 @@ fn slurm_dry_run_writes_an_array_of_the_unfinished_runs() {
         );
         assert_ok(&out);
     }
+    assert_eq!(written, modified(), "an array task rewrote sweep.json");
     assert_fails(
         &dropjit(t, &["sweep", &spec, "--data", &data, "--run-index", "8"]),
         &["--run-index 8", "0..8"],

@@ -97,9 +97,11 @@ pub fn run(a: &SweepArgs) -> Result<ExitCode, CliError> {
     let plan = Plan::prepare(&a.spec, &dir)?;
     let kind: DatasetKind = plan.dataset.parse()?;
     // Fetched once, here: the runs (and array tasks) are started with --no-download.
-    let data_root = data_root_for(kind, a.data.as_deref(), !a.no_download)?;
+    // Array tasks never download: many start at once, and the submission
+    // fetched the data already.
+    let download = !a.no_download && a.run_index.is_none();
+    let data_root = data_root_for(kind, a.data.as_deref(), download)?;
     let data_root = std::fs::canonicalize(&data_root).unwrap_or(data_root);
-    plan.save(&dir)?;
     let launcher = Launcher {
         plan: &plan,
         dir: &dir,
@@ -114,6 +116,9 @@ pub fn run(a: &SweepArgs) -> Result<ExitCode, CliError> {
             Ended::Failed(_) => ExitCode::FAILURE,
         });
     }
+    // Written by the invocation that coordinates (local or submitting), never
+    // by array tasks: many of them start at once on the same directory.
+    plan.save(&dir)?;
     if a.slurm {
         let from_file = &plan.slurm;
         let settings = SlurmSettings {

@@ -5,7 +5,12 @@
 use std::fmt::Write;
 
 use super::collect::CellResult;
+use crate::sweep::spec::TrainSettings;
 use crate::sweep::Plan;
+
+fn all_same(cells: &[CellResult]) -> bool {
+    cells.windows(2).all(|w| w[0].cell.train == w[1].cell.train)
+}
 
 fn ratio(mode: &str, uses: bool, p: f64) -> String {
     if uses && mode != "plain" {
@@ -29,6 +34,32 @@ pub fn markdown(plan: &Plan, cells: &[CellResult], paper_source: &str) -> String
     );
     if let Some(d) = &plan.description {
         let _ = writeln!(s, "{d}\n");
+    }
+    // Settings that change the model's recipe make the paper's figure a
+    // reference, not a target: say so above the table.
+    let settings: Vec<String> = cells
+        .iter()
+        .filter(|c| c.cell.train != TrainSettings::default())
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c.cell.name,
+                serde_json::to_string(&c.cell.train).unwrap_or_default()
+            )
+        })
+        .collect();
+    if !settings.is_empty() && settings.len() == cells.len() && all_same(cells) {
+        let _ = writeln!(
+            s,
+            "Every run changes the model's recipe: `{}`.\n",
+            serde_json::to_string(&cells[0].cell.train).unwrap_or_default()
+        );
+    } else if !settings.is_empty() {
+        let _ = writeln!(
+            s,
+            "Runs that change the model's recipe: {}.\n",
+            settings.join("; ")
+        );
     }
     let _ = writeln!(
         s,
