@@ -13,6 +13,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use md5::{Digest, Md5};
 
+use dropjit::data::DatasetKind;
 use dropjit::fetch::*;
 
 /// How the server answers for one file.
@@ -152,14 +153,14 @@ fn fetch_unpacks_verifies_and_renames_into_place() {
     )]));
     let root = tempfile::tempdir().unwrap();
     let o = opts(base, &[("cifar-10-binary.tar.gz", sum.clone())]);
-    let dir = fetch(Source::Cifar10, root.path(), &o).expect("fetches");
+    let dir = fetch(DatasetKind::Cifar10, root.path(), &o).expect("fetches");
     assert_eq!(dir, root.path().join("cifar-10-batches-bin"));
     assert_eq!(
         listing(root.path()),
         ["cifar-10-batches-bin"],
         "no temporary left"
     );
-    assert_eq!(status(Source::Cifar10, root.path()), Status::Verified);
+    assert_eq!(status(DatasetKind::Cifar10, root.path()), Status::Verified);
     let marker = std::fs::read_to_string(dir.join(VERIFIED_FILE)).unwrap();
     assert!(marker.contains(&sum), "{marker}");
     // The data loader reads what was fetched.
@@ -174,7 +175,10 @@ fn fetch_unpacks_verifies_and_renames_into_place() {
     assert_eq!((ds.train.len(), ds.test.len()), (15, 2));
     // A second fetch keeps the verified copy (the server is not asked again).
     let offline = opts("http://127.0.0.1:9".into(), &[]);
-    assert_eq!(fetch(Source::Cifar10, root.path(), &offline).unwrap(), dir);
+    assert_eq!(
+        fetch(DatasetKind::Cifar10, root.path(), &offline).unwrap(),
+        dir
+    );
 }
 
 #[test]
@@ -186,7 +190,7 @@ fn checksum_mismatch_leaves_nothing_behind() {
     )]));
     let root = tempfile::tempdir().unwrap();
     // The official checksum: our test archive cannot match it.
-    let err = fetch(Source::Cifar10, root.path(), &opts(base, &[])).unwrap_err();
+    let err = fetch(DatasetKind::Cifar10, root.path(), &opts(base, &[])).unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("checksum mismatch") && text.contains("c32a1d4ab5d03f1284b67883e8d87530"),
@@ -197,7 +201,7 @@ fn checksum_mismatch_leaves_nothing_behind() {
         "{:?}",
         listing(root.path())
     );
-    assert_eq!(status(Source::Cifar10, root.path()), Status::Absent);
+    assert_eq!(status(DatasetKind::Cifar10, root.path()), Status::Absent);
 }
 
 #[test]
@@ -210,7 +214,7 @@ fn connection_dropped_half_way_is_an_error_and_leaves_nothing() {
     )]));
     let root = tempfile::tempdir().unwrap();
     let o = opts(base.clone(), &[("cifar-10-binary.tar.gz", sum)]);
-    let text = fetch(Source::Cifar10, root.path(), &o)
+    let text = fetch(DatasetKind::Cifar10, root.path(), &o)
         .unwrap_err()
         .to_string();
     assert!(
@@ -234,7 +238,7 @@ fn no_server_gives_one_line_naming_the_url() {
         .port();
     let root = tempfile::tempdir().unwrap();
     let o = opts(format!("http://127.0.0.1:{port}"), &[]);
-    let text = fetch(Source::Svhn, root.path(), &o)
+    let text = fetch(DatasetKind::Svhn, root.path(), &o)
         .unwrap_err()
         .to_string();
     assert!(
@@ -245,7 +249,7 @@ fn no_server_gives_one_line_naming_the_url() {
     );
     assert!(!text.contains('\n'), "{text}");
     assert!(listing(root.path()).is_empty());
-    let help = manual_help(Source::Svhn, root.path());
+    let help = manual_help(DatasetKind::Svhn, root.path());
     assert!(
         help.contains("http://ufldl.stanford.edu/housenumbers/train_32x32.mat"),
         "{help}"
@@ -276,7 +280,7 @@ fn a_killed_fetch_leaves_no_data_and_is_cleaned_up_next_time() {
         Reply::Whole(archive),
     )]));
     fetch(
-        Source::Cifar10,
+        DatasetKind::Cifar10,
         root.path(),
         &opts(base, &[("cifar-10-binary.tar.gz", sum)]),
     )
@@ -297,7 +301,7 @@ fn archive_members_outside_the_data_set_directory_are_not_written() {
     )]));
     let root = tempfile::tempdir().unwrap();
     let dir = fetch(
-        Source::Cifar10,
+        DatasetKind::Cifar10,
         root.path(),
         &opts(base, &[("cifar-10-binary.tar.gz", sum)]),
     )
@@ -308,7 +312,7 @@ fn archive_members_outside_the_data_set_directory_are_not_written() {
 
 #[test]
 fn gzipped_files_are_unpacked_by_name() {
-    let files: Vec<(&str, Vec<u8>)> = Source::Mnist
+    let files: Vec<(&str, Vec<u8>)> = DatasetKind::Mnist
         .files()
         .iter()
         .map(|f| (f.name, gzip(f.name.as_bytes())))
@@ -321,8 +325,8 @@ fn gzipped_files_are_unpacked_by_name() {
             .collect(),
     );
     let root = tempfile::tempdir().unwrap();
-    let dir = fetch(Source::Mnist, root.path(), &opts(base, &sums)).unwrap();
-    for f in Source::Mnist.files() {
+    let dir = fetch(DatasetKind::Mnist, root.path(), &opts(base, &sums)).unwrap();
+    for f in DatasetKind::Mnist.files() {
         let plain = f.name.strip_suffix(".gz").unwrap();
         assert_eq!(std::fs::read(dir.join(plain)).unwrap(), f.name.as_bytes());
     }
@@ -332,9 +336,9 @@ fn gzipped_files_are_unpacked_by_name() {
 fn a_directory_put_there_by_hand_is_not_overwritten() {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir(root.path().join("svhn")).unwrap();
-    assert_eq!(status(Source::Svhn, root.path()), Status::Present);
+    assert_eq!(status(DatasetKind::Svhn, root.path()), Status::Present);
     let text = fetch(
-        Source::Svhn,
+        DatasetKind::Svhn,
         root.path(),
         &opts("http://127.0.0.1:9".into(), &[]),
     )
@@ -348,11 +352,15 @@ fn a_directory_put_there_by_hand_is_not_overwritten() {
 
 #[test]
 fn data_set_names_parse_and_unknown_ones_list_the_choices() {
-    assert_eq!("fashion-mnist".parse::<Source>(), Ok(Source::FashionMnist));
+    assert_eq!(
+        "fashion-mnist".parse::<DatasetKind>().unwrap(),
+        DatasetKind::FashionMnist
+    );
     assert!("imagenet"
-        .parse::<Source>()
+        .parse::<DatasetKind>()
         .unwrap_err()
-        .contains("cifar10, cifar100, svhn, mnist, fashion-mnist"));
+        .to_string()
+        .contains("cifar10, cifar100, svhn, mnist or fashion-mnist"));
 }
 
 fn dropjit(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
@@ -411,7 +419,7 @@ fn train_on_an_empty_data_directory_fetches_and_starts() {
         "{err}"
     );
     assert_eq!(
-        dropjit::fetch::status(Source::Cifar10, &data),
+        dropjit::fetch::status(DatasetKind::Cifar10, &data),
         Status::Verified
     );
     assert!(run.join("config.json").is_file());

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use super::CliError;
 use crate::data::{choose_data_dir, locate_dataset, DataError, DatasetKind, DATA_ENV};
-use crate::fetch::{fetch, manual_help, status, FetchError, FetchOptions, Source, Status};
+use crate::fetch::{fetch, manual_help, status, FetchError, FetchOptions, Status};
 
 #[derive(Args, Debug)]
 pub struct DataArgs {
@@ -21,7 +21,7 @@ pub enum DataCommand {
     /// Download a data set's official files, verify their checksums and unpack them.
     Fetch {
         /// cifar10, cifar100, svhn, mnist or fashion-mnist.
-        name: Source,
+        name: DatasetKind,
         /// Data directory [default: $DROPJIT_DATA, else ./data].
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -44,13 +44,13 @@ pub fn run(args: &DataArgs) -> Result<ExitCode, CliError> {
         DataCommand::List { dir } => {
             let root = data_root(dir.as_deref());
             println!("data directory {}", root.display());
-            for s in Source::ALL {
+            for s in DatasetKind::ALL {
                 let state = match status(s, &root) {
                     Status::Verified => "fetched and verified",
                     Status::Present => "present (not fetched by dropjit, not verified)",
                     Status::Absent => "absent",
                 };
-                println!("  {:<14} {:<22} {state}", s.name(), s.dir());
+                println!("  {:<14} {:<22} {state}", s.name(), s.subdir());
             }
         }
     }
@@ -63,7 +63,7 @@ pub fn data_root(flag: Option<&Path>) -> PathBuf {
     choose_data_dir(flag, env.as_deref().map(Path::new)).0
 }
 
-fn fetch_or_explain(source: Source, root: &Path) -> Result<PathBuf, CliError> {
+fn fetch_or_explain(source: DatasetKind, root: &Path) -> Result<PathBuf, CliError> {
     let opts = FetchOptions::from_env()?;
     fetch(source, root, &opts).map_err(|e| match e {
         FetchError::Network { .. } => format!("{e}. {}", manual_help(source, root)).into(),
@@ -82,12 +82,11 @@ pub fn data_root_for(
     match locate_dataset(&root, Some(kind)) {
         Ok(_) => Ok(root),
         Err(DataError::NotFound { .. }) if download => {
-            let source: Source = kind.name().parse()?;
             eprintln!(
                 "{kind} not found in {}: fetching it (--no-download to stop this)",
                 root.display()
             );
-            fetch_or_explain(source, &root)?;
+            fetch_or_explain(kind, &root)?;
             Ok(root)
         }
         Err(e @ DataError::NotFound { .. }) => Err(format!(

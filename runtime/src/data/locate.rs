@@ -14,13 +14,13 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 impl DatasetKind {
     /// The sub-directory the official archive unpacks to (`dropjit data
     /// fetch` puts SVHN's two files in `svhn/`); the root itself is also looked at.
-    pub fn subdir(self) -> Option<&'static str> {
+    pub fn subdir(self) -> &'static str {
         match self {
-            DatasetKind::Cifar10 => Some("cifar-10-batches-bin"),
-            DatasetKind::Cifar100 => Some("cifar-100-binary"),
-            DatasetKind::Svhn => Some("svhn"),
-            DatasetKind::Mnist => Some("mnist"),
-            DatasetKind::FashionMnist => Some("fashion-mnist"),
+            DatasetKind::Cifar10 => "cifar-10-batches-bin",
+            DatasetKind::Cifar100 => "cifar-100-binary",
+            DatasetKind::Svhn => "svhn",
+            DatasetKind::Mnist => "mnist",
+            DatasetKind::FashionMnist => "fashion-mnist",
         }
     }
 
@@ -112,11 +112,7 @@ fn find_all(
         if kind.is_some_and(|want| want != k) {
             continue;
         }
-        let candidates = k
-            .subdir()
-            .map(|s| root.join(s))
-            .into_iter()
-            .chain(std::iter::once(root.to_path_buf()));
+        let candidates = [root.join(k.subdir()), root.to_path_buf()];
         'dirs: for dir in candidates {
             for m in k.marker_files() {
                 let p = dir.join(m);

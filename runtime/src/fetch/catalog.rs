@@ -2,18 +2,7 @@
 //! their published MD5 checksums, and how each unpacks into the directory the
 //! data loader looks for.
 
-use std::fmt;
-use std::str::FromStr;
-
-/// A downloadable data set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Cifar10,
-    Cifar100,
-    Svhn,
-    Mnist,
-    FashionMnist,
-}
+use crate::data::DatasetKind;
 
 /// How the downloaded files become the data directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,44 +26,18 @@ const fn file(name: &'static str, md5: &'static str) -> RemoteFile {
     RemoteFile { name, md5 }
 }
 
-impl Source {
-    pub const ALL: [Source; 5] = [
-        Source::Cifar10,
-        Source::Cifar100,
-        Source::Svhn,
-        Source::Mnist,
-        Source::FashionMnist,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Source::Cifar10 => "cifar10",
-            Source::Cifar100 => "cifar100",
-            Source::Svhn => "svhn",
-            Source::Mnist => "mnist",
-            Source::FashionMnist => "fashion-mnist",
-        }
-    }
-
-    /// The directory under the data root that holds the data set once fetched
-    /// (the name the data loader looks for).
-    pub fn dir(self) -> &'static str {
-        match self {
-            Source::Cifar10 => "cifar-10-batches-bin",
-            Source::Cifar100 => "cifar-100-binary",
-            Source::Svhn => "svhn",
-            Source::Mnist => "mnist",
-            Source::FashionMnist => "fashion-mnist",
-        }
-    }
-
+/// Where each data set comes from (the names and directories are the data
+/// module's: `DatasetKind::name`, `DatasetKind::subdir`).
+impl DatasetKind {
     /// Where the official files are (each file is `base_url/name`).
     pub fn base_url(self) -> &'static str {
         match self {
-            Source::Cifar10 | Source::Cifar100 => "https://www.cs.toronto.edu/~kriz",
-            Source::Svhn => "http://ufldl.stanford.edu/housenumbers",
-            Source::Mnist => "https://ossci-datasets.s3.amazonaws.com/mnist",
-            Source::FashionMnist => "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+            DatasetKind::Cifar10 | DatasetKind::Cifar100 => "https://www.cs.toronto.edu/~kriz",
+            DatasetKind::Svhn => "http://ufldl.stanford.edu/housenumbers",
+            DatasetKind::Mnist => "https://ossci-datasets.s3.amazonaws.com/mnist",
+            DatasetKind::FashionMnist => {
+                "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com"
+            }
         }
     }
 
@@ -130,47 +93,24 @@ impl Source {
             ),
         ];
         match self {
-            Source::Cifar10 => &CIFAR10,
-            Source::Cifar100 => &CIFAR100,
-            Source::Svhn => &SVHN,
-            Source::Mnist => &MNIST,
-            Source::FashionMnist => &FASHION,
+            DatasetKind::Cifar10 => &CIFAR10,
+            DatasetKind::Cifar100 => &CIFAR100,
+            DatasetKind::Svhn => &SVHN,
+            DatasetKind::Mnist => &MNIST,
+            DatasetKind::FashionMnist => &FASHION,
         }
     }
 
     pub fn unpack(self) -> Unpack {
         match self {
-            Source::Cifar10 => Unpack::TarGz {
+            DatasetKind::Cifar10 => Unpack::TarGz {
                 member_dir: "cifar-10-batches-bin",
             },
-            Source::Cifar100 => Unpack::TarGz {
+            DatasetKind::Cifar100 => Unpack::TarGz {
                 member_dir: "cifar-100-binary",
             },
-            Source::Svhn => Unpack::AsIs,
-            Source::Mnist | Source::FashionMnist => Unpack::Gunzip,
+            DatasetKind::Svhn => Unpack::AsIs,
+            DatasetKind::Mnist | DatasetKind::FashionMnist => Unpack::Gunzip,
         }
-    }
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Source {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Source::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Source::ALL.iter().map(|k| k.name()).collect();
-                format!(
-                    "unknown data set '{s}': expected one of {}",
-                    names.join(", ")
-                )
-            })
     }
 }

@@ -10,7 +10,9 @@ mod unpack;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub use catalog::{RemoteFile, Source, Unpack};
+pub use catalog::{RemoteFile, Unpack};
+
+use crate::data::DatasetKind;
 
 /// Overrides the base URL of every data set (a mirror, or a test server):
 /// each file is fetched from `$DROPJIT_DATA_URL/<file name>`.
@@ -68,7 +70,7 @@ impl FetchOptions {
         Ok(FetchOptions { base_url, md5 })
     }
 
-    fn url(&self, source: Source, file: &RemoteFile) -> String {
+    fn url(&self, source: DatasetKind, file: &RemoteFile) -> String {
         let base = self.base_url.as_deref().unwrap_or(source.base_url());
         format!("{}/{}", base.trim_end_matches('/'), file.name)
     }
@@ -88,8 +90,8 @@ pub enum Status {
     Absent,
 }
 
-pub fn status(source: Source, root: &Path) -> Status {
-    let dir = root.join(source.dir());
+pub fn status(source: DatasetKind, root: &Path) -> Status {
+    let dir = root.join(source.subdir());
     if dir.join(VERIFIED_FILE).is_file() {
         Status::Verified
     } else if dir.is_dir() {
@@ -102,8 +104,8 @@ pub fn status(source: Source, root: &Path) -> Status {
 /// Fetches `source` into `root/<source dir>` and returns that directory. An
 /// already verified copy is kept. Everything happens in `root/.fetch-*` until
 /// the last file verified and unpacked; that directory is removed on error.
-pub fn fetch(source: Source, root: &Path, opts: &FetchOptions) -> Result<PathBuf, FetchError> {
-    let dest = root.join(source.dir());
+pub fn fetch(source: DatasetKind, root: &Path, opts: &FetchOptions) -> Result<PathBuf, FetchError> {
+    let dest = root.join(source.subdir());
     match status(source, root) {
         Status::Verified => return Ok(dest),
         Status::Present => {
@@ -120,7 +122,7 @@ pub fn fetch(source: Source, root: &Path, opts: &FetchOptions) -> Result<PathBuf
     };
     std::fs::create_dir_all(root).map_err(io(root))?;
     remove_stale_temporaries(source, root);
-    let tmp = TempDir(root.join(format!(".fetch-{}-{}", source.dir(), std::process::id())));
+    let tmp = TempDir(root.join(format!(".fetch-{}-{}", source.subdir(), std::process::id())));
     let downloads = tmp.0.join("download");
     let content = tmp.0.join("content");
     std::fs::create_dir_all(&downloads).map_err(io(&downloads))?;
@@ -150,8 +152,8 @@ pub fn fetch(source: Source, root: &Path, opts: &FetchOptions) -> Result<PathBuf
 }
 
 /// Removes `.fetch-<dir>-*` left by killed fetches of this data set.
-fn remove_stale_temporaries(source: Source, root: &Path) {
-    let prefix = format!(".fetch-{}-", source.dir());
+fn remove_stale_temporaries(source: DatasetKind, root: &Path) {
+    let prefix = format!(".fetch-{}-", source.subdir());
     if let Ok(entries) = std::fs::read_dir(root) {
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().starts_with(&prefix) {
@@ -179,13 +181,13 @@ impl Drop for TempDir {
 }
 
 /// What to tell a user who has no network: the files, and where they go.
-pub fn manual_help(source: Source, root: &Path) -> String {
+pub fn manual_help(source: DatasetKind, root: &Path) -> String {
     let urls: Vec<String> = source
         .files()
         .iter()
         .map(|f| format!("{}/{}", source.base_url(), f.name))
         .collect();
-    let dest = root.join(source.dir());
+    let dest = root.join(source.subdir());
     let how = match source.unpack() {
         Unpack::TarGz { .. } => format!(
             "unpack it with tar xzf FILE -C {} so that {} exists",
