@@ -12,6 +12,9 @@ const SHIPPED: &str = include_str!("../../../results/paper.json");
 #[serde(deny_unknown_fields)]
 pub struct PaperResults {
     pub source: String,
+    /// How the paper's ratios map onto `fwd` / `bwd`.
+    #[serde(default)]
+    pub convention: Option<String>,
     pub results: Vec<PaperEntry>,
 }
 

@@ -136,6 +136,12 @@ pub fn accuracy_vs_ratio(
     Ok(Some(files))
 }
 
+/// `0.30000000000000004` as `0.3`.
+fn short(x: f64) -> String {
+    let s = format!("{x:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 fn ratio_chart<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
@@ -160,6 +166,8 @@ where
         .configure_mesh()
         .x_desc("dropout ratio (forward; backward for backward mode)")
         .y_desc("final test accuracy")
+        .x_label_formatter(&|x| short(*x))
+        .max_light_lines(1)
         .label_style((FONT, 14))
         .draw()
         .map_err(err)?;
@@ -306,6 +314,8 @@ where
             .configure_mesh()
             .x_desc("iteration")
             .y_desc(name)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .max_light_lines(1)
             .label_style((FONT, 13))
             .draw()
             .map_err(err)?;
