@@ -140,6 +140,7 @@ impl StepPair {
                 op,
                 Op::BiasGrad
                     | Op::BnGradGamma { .. }
+                    | Op::BnGradInput { .. }
                     | Op::LinearGradWeight
                     | Op::Conv2dGradWeight(_)
             )
@@ -173,6 +174,15 @@ impl StepPair {
                 // x̂ = (x - mean) / sqrt(var + eps): bounded by (|x| + |mean|) / sqrt(min var + eps).
                 Op::BnGradGamma { eps } => {
                     mag(0).0 * (mag(1).1 + mag(2).1) / (mag(3).2 + *eps as f64).sqrt()
+                }
+                // γ/σ · (dy − mean(dy) − x̂·mean(dy·x̂)): each of the three
+                // terms is at most |γ|/σ·|dy| (times x̂² for the last); they
+                // cancel exactly when dy is constant over a channel (a global
+                // average pool after the batch norm).
+                Op::BnGradInput { eps } => {
+                    let inv_sd = 1.0 / (mag(3).2 + *eps as f64).sqrt();
+                    let xhat = (mag(1).1 + mag(2).1) * inv_sd;
+                    mag(4).1 * inv_sd * mag(0).1 * (2.0 + xhat * xhat)
                 }
                 _ => 0.0,
             };
