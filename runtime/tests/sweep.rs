@@ -338,18 +338,19 @@ fn a_killed_sweep_restarted_finishes_with_the_same_results() {
 
     let spec = write_spec(t, "killed", cells, settings);
     let spec = spec.display().to_string();
+    let sweep = [
+        "sweep",
+        spec.as_str(),
+        "--data",
+        data.as_str(),
+        "--jobs",
+        "2",
+        "--threads",
+        "2",
+    ];
     let start = |t: &Path| {
         Command::new(env!("CARGO_BIN_EXE_dropjit"))
-            .args([
-                "sweep",
-                &spec,
-                "--data",
-                &data,
-                "--jobs",
-                "2",
-                "--threads",
-                "2",
-            ])
+            .args(sweep)
             .current_dir(t)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -392,19 +393,7 @@ fn a_killed_sweep_restarted_finishes_with_the_same_results() {
 
     // The same command again: waits for the orphaned runs' checkpoints,
     // resumes them, runs the rest.
-    let out = dropjit(
-        t,
-        &[
-            "sweep",
-            &spec,
-            "--data",
-            &data,
-            "--jobs",
-            "2",
-            "--threads",
-            "2",
-        ],
-    );
+    let out = dropjit(t, &sweep);
     assert_ok(&out);
     let whole = t.join("runs/whole/runs");
     for run in ["plain-s0", "plain-s1", "standard-0.2-s0", "standard-0.2-s1"] {
