@@ -5,6 +5,7 @@
 use dropjit_graph::op::Op;
 use dropjit_graph::NodeId;
 
+use super::arg_slot;
 use super::fusion::Group;
 use super::{dims_of, KernelDef, Lower};
 use crate::kernels::expr::{BufId, ExprGraph, ExprId};
@@ -24,13 +25,7 @@ impl Lower<'_> {
         let (dyb, gamma) = (self.buf(ins[0]), self.buf(ins[4]));
         let mut gr = ExprGraph::new();
         let mut args: Vec<BufRef> = Vec::new();
-        let mut slot = |b: BufRef| -> BufId {
-            if let Some(i) = args.iter().position(|&a| a == b) {
-                return BufId(i as u32);
-            }
-            args.push(b);
-            BufId(args.len() as u32 - 1)
-        };
+        let mut slot = |b: BufRef| arg_slot(&mut args, b);
         let dy = gr.load(slot(dyb));
         let xh = xhat(&mut gr, &mut slot, stats, eps);
         let dyx = gr.mul(dy, xh);

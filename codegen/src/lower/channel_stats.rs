@@ -5,6 +5,7 @@
 use dropjit_graph::op::Op;
 use dropjit_graph::NodeId;
 
+use super::arg_slot;
 use super::bn_grad::xhat;
 use super::{dims_of, KernelDef, Lower};
 use crate::kernels::expr::{BufId, Dims, ExprGraph};
@@ -21,13 +22,7 @@ impl Lower<'_> {
         let count = (dims.outer * dims.inner) as f64;
         let mut gr = ExprGraph::new();
         let mut args: Vec<BufRef> = Vec::new();
-        let mut slot = |b: BufRef| -> BufId {
-            if let Some(i) = args.iter().position(|&a| a == b) {
-                return BufId(i as u32);
-            }
-            args.push(b);
-            BufId(args.len() as u32 - 1)
-        };
+        let mut slot = |b: BufRef| arg_slot(&mut args, b);
         let (value, scale) = match &node.op {
             Op::BnMean { .. } => (gr.load(slot(self.buf(ins[0]))), 1.0 / count),
             Op::BnVar { .. } => {

@@ -33,7 +33,7 @@ use dropjit_graph::{Graph, NodeId, TensorType};
 use crate::conv::{ConvIsa, ConvPass};
 use crate::kernels::avg_pool::AvgPoolKernel;
 use crate::kernels::elementwise::ElementwiseKernel;
-use crate::kernels::expr::Dims;
+use crate::kernels::expr::{BufId, Dims};
 use crate::kernels::reduce::ReduceKernel;
 use crate::kernels::shortcut::ShortcutKernel;
 use crate::kernels::softmax::SoftmaxXentKernel;
@@ -85,6 +85,16 @@ pub struct Lowered {
 
 /// Iteration space of a value: `[N, C, H, W]` as (N, C, H·W); `[N, F]` as (N, F, 1);
 /// a parameter-shaped value as (1, 1, elems).
+/// The kernel argument that reads `b`: its position in `args`, appended the
+/// first time (a buffer read twice is one argument).
+fn arg_slot(args: &mut Vec<BufRef>, b: BufRef) -> BufId {
+    if let Some(i) = args.iter().position(|&a| a == b) {
+        return BufId(i as u32);
+    }
+    args.push(b);
+    BufId(args.len() as u32 - 1)
+}
+
 fn dims_of(ty: &TensorType, n: usize) -> Dims {
     match (ty.batched, ty.dims.as_slice()) {
         (true, [c, rest @ ..]) => Dims::new(n, *c, rest.iter().product()),
