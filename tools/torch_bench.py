@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from torch_check import ConvNetQuick, ResNet20  # noqa: E402
+from torch_bench_models import ConvNetQuick, ResNet20  # noqa: E402
 
 
 class TorchMasks:

@@ -151,7 +151,8 @@ mod tests {
 
     /// Max pooling (equal values) and its gradient (bit for bit) against the
     /// interpreter's definition, a row-major scan per window, at several
-    /// thread counts; edges, padding and ceil-mode windows included.
+    /// thread counts; edges, padding, ceil-mode windows and tied values
+    /// included.
     #[test]
     fn max_pool_and_gradient_match_the_interpreter() {
         for &(c, h, w, k, s, pad, ceil) in &[
@@ -184,67 +185,77 @@ mod tests {
                 h: out(h),
                 w: out(w),
             };
-            let xs = data(x.len(), 1);
-            let dys = data(y.len(), 2);
-            let rows: Vec<_> = (0..y.h).map(|o| window(o, &pool, h)).collect();
-            let cols: Vec<_> = (0..y.w).map(|o| window(o, &pool, w)).collect();
-            // The definition: first maximum in row-major window order.
-            let mut want_y = vec![0f32; y.len()];
-            let mut want_dx = vec![0f32; x.len()];
-            for plane in 0..n * c {
-                for (oy, &(h0, h1, _)) in rows.iter().enumerate() {
-                    for (ox, &(w0, w1, _)) in cols.iter().enumerate() {
-                        let base = plane * h * w;
-                        let (mut arg, mut best) = (base + h0 * w + w0, xs[base + h0 * w + w0]);
-                        for r in h0..h1 {
-                            for col in w0..w1 {
-                                let i = base + r * w + col;
-                                if xs[i] > best {
-                                    best = xs[i];
-                                    arg = i;
+            // Random values, then values from a few levels so that windows
+            // hold ties across rows and columns (the first maximum must win).
+            let random = data(x.len(), 1);
+            let tied: Vec<f32> = random.iter().map(|v| (v * 2.0).round()).collect();
+            for (xs, want_ties) in [(random, false), (tied, true)] {
+                let dys = data(y.len(), 2);
+                let rows: Vec<_> = (0..y.h).map(|o| window(o, &pool, h)).collect();
+                let cols: Vec<_> = (0..y.w).map(|o| window(o, &pool, w)).collect();
+                // The definition: first maximum in row-major window order.
+                let mut want_y = vec![0f32; y.len()];
+                let mut want_dx = vec![0f32; x.len()];
+                let mut ties = 0;
+                for plane in 0..n * c {
+                    for (oy, &(h0, h1, _)) in rows.iter().enumerate() {
+                        for (ox, &(w0, w1, _)) in cols.iter().enumerate() {
+                            let base = plane * h * w;
+                            let (mut arg, mut best) = (base + h0 * w + w0, xs[base + h0 * w + w0]);
+                            for r in h0..h1 {
+                                for col in w0..w1 {
+                                    let i = base + r * w + col;
+                                    if xs[i] > best {
+                                        best = xs[i];
+                                        arg = i;
+                                    } else if xs[i] == best && i != arg {
+                                        ties += 1;
+                                    }
                                 }
                             }
+                            let o = plane * y.h * y.w + oy * y.w + ox;
+                            want_y[o] = best;
+                            want_dx[arg] += dys[o];
                         }
-                        let o = plane * y.h * y.w + oy * y.w + ox;
-                        want_y[o] = best;
-                        want_dx[arg] += dys[o];
                     }
                 }
-            }
-            for threads in [1, 3] {
-                let fwd = MaxPoolLaunch {
-                    grad: false,
-                    pool,
-                    x,
-                    y,
-                };
-                let mut got_y = vec![f32::NAN; y.len()];
-                unsafe { fwd.run(&[xs.as_ptr() as *mut f32, got_y.as_mut_ptr()], threads) };
-                // Equal values; a window whose maximum is a zero may give +0
-                // where the row-major scan keeps the -0 it met first.
-                let first = got_y.iter().zip(&want_y).position(|(g, w)| g != w);
-                assert!(first.is_none(), "forward {x:?} {pool:?}: element {first:?}");
-                let bwd = MaxPoolLaunch {
-                    grad: true,
-                    pool,
-                    x,
-                    y,
-                };
-                let mut got_dx = vec![f32::NAN; x.len()];
-                let ptrs = [
-                    dys.as_ptr() as *mut f32,
-                    xs.as_ptr() as *mut f32,
-                    got_dx.as_mut_ptr(),
-                ];
-                unsafe { bwd.run(&ptrs, threads) };
-                let first = got_dx
-                    .iter()
-                    .zip(&want_dx)
-                    .position(|(g, w)| g.to_bits() != w.to_bits());
-                assert!(
-                    first.is_none(),
-                    "gradient {x:?} {pool:?}: element {first:?}"
-                );
+                // A 1x1 window cannot tie.
+                assert!(!want_ties || ties > 0 || k == 1, "{x:?}: no ties to test");
+                for threads in [1, 3] {
+                    let fwd = MaxPoolLaunch {
+                        grad: false,
+                        pool,
+                        x,
+                        y,
+                    };
+                    let mut got_y = vec![f32::NAN; y.len()];
+                    unsafe { fwd.run(&[xs.as_ptr() as *mut f32, got_y.as_mut_ptr()], threads) };
+                    // Equal values; a window whose maximum is a zero may give +0
+                    // where the row-major scan keeps the -0 it met first.
+                    let first = got_y.iter().zip(&want_y).position(|(g, w)| g != w);
+                    assert!(first.is_none(), "forward {x:?} {pool:?}: element {first:?}");
+                    let bwd = MaxPoolLaunch {
+                        grad: true,
+                        pool,
+                        x,
+                        y,
+                    };
+                    let mut got_dx = vec![f32::NAN; x.len()];
+                    let ptrs = [
+                        dys.as_ptr() as *mut f32,
+                        xs.as_ptr() as *mut f32,
+                        got_dx.as_mut_ptr(),
+                    ];
+                    unsafe { bwd.run(&ptrs, threads) };
+                    let first = got_dx
+                        .iter()
+                        .zip(&want_dx)
+                        .position(|(g, w)| g.to_bits() != w.to_bits());
+                    assert!(
+                        first.is_none(),
+                        "gradient {x:?} {pool:?}: element {first:?}"
+                    );
+                }
             }
         }
     }
