@@ -397,10 +397,21 @@ fn a_killed_sweep_restarted_finishes_with_the_same_results() {
     assert_ok(&out);
     let whole = t.join("runs/whole/runs");
     for run in ["plain-s0", "plain-s1", "standard-0.2-s0", "standard-0.2-s1"] {
+        let (want, got) = (fingerprint(&whole.join(run)), fingerprint(&runs.join(run)));
+        let log = std::fs::read_to_string(runs.join(run).join("train.log")).unwrap_or_default();
         assert_eq!(
-            fingerprint(&whole.join(run)),
-            fingerprint(&runs.join(run)),
-            "{run} differs after the kill and restart"
+            want.0, got.0,
+            "{run}: summary differs after the kill and restart\n{log}"
+        );
+        assert_eq!(
+            want.1, got.1,
+            "{run}: metrics differ after the kill and restart\n{log}"
+        );
+        // The weights: the first differing byte, not both files.
+        let first = want.2.iter().zip(&got.2).position(|(a, b)| a != b);
+        assert!(
+            first.is_none() && want.2.len() == got.2.len(),
+            "{run}: final weights differ after the kill and restart (byte {first:?})\n{log}"
         );
     }
     let log = std::fs::read_to_string(runs.join("plain-s0/train.log")).unwrap();

@@ -264,6 +264,10 @@ pub struct Kernels {
         usize,
         *mut f32,
     ),
+    /// The weight gradient with output channels in the lanes, and the most
+    /// channel vectors its tiles hold.
+    pub weight_grad_lanes: super::wgrad_lanes::Kernel,
+    pub max_channel_vectors: usize,
 }
 
 /// One instruction set's entry points: the generic kernels instantiated
@@ -334,6 +338,8 @@ pub fn kernels(isa: super::ConvIsa) -> Option<Kernels> {
             forward_block: 4,
             forward: x86::forward_avx512,
             weight_grad: x86::weight_grad_avx512,
+            weight_grad_lanes: super::wgrad_lanes::x86::avx512,
+            max_channel_vectors: 4,
         }),
         #[cfg(target_arch = "x86_64")]
         super::ConvIsa::Avx2 => Some(Kernels {
@@ -341,6 +347,8 @@ pub fn kernels(isa: super::ConvIsa) -> Option<Kernels> {
             forward_block: 2,
             forward: x86::forward_avx2,
             weight_grad: x86::weight_grad_avx2,
+            weight_grad_lanes: super::wgrad_lanes::x86::avx2,
+            max_channel_vectors: 2,
         }),
         _ => None,
     }

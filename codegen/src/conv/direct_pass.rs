@@ -3,6 +3,7 @@
 //! the launch's instruction set.
 
 use super::prep;
+use super::wgrad_lanes;
 use super::{direct, for_each_image, with_scratch, ConvLaunch, ConvPass, WEIGHT_GRAD_BATCH_BYTES};
 
 impl ConvLaunch {
@@ -128,6 +129,63 @@ impl ConvLaunch {
                     );
                 });
                 n += batch;
+            }
+        });
+    }
+
+    /// The weight gradient with output channels in the lanes
+    /// ([`wgrad_lanes`]): each image's gradient transposed beside its
+    /// prepared input, a batch of them per kernel call.
+    pub(super) unsafe fn direct_weight_grad_lanes(
+        &self,
+        k: &direct::Kernels,
+        ptrs: &[*mut f32],
+        threads: usize,
+    ) {
+        let (g, co) = (&self.geom, self.out_channels);
+        let p = self.prep();
+        let ov = wgrad_lanes::vectors_per_tile(co, k.lanes, k.max_channel_vectors);
+        let o_pad = co.next_multiple_of(ov * k.lanes);
+        let (groups, run) = if p.stride == 1 && (g.kw == 3 || g.kw == 5) {
+            (p.row_offsets(), g.kw)
+        } else {
+            (p.tap_offsets(), 1)
+        };
+        let positions = g.col_cols();
+        let (x_len, dy_len) = (p.len(k.lanes), positions * o_pad);
+        let per_batch = (WEIGHT_GRAD_BATCH_BYTES / (4 * (x_len + dy_len))).max(1);
+        let (dy, x) = (ptrs[0] as usize, ptrs[1] as usize);
+        self.weight_grad_groups(ptrs, threads, &|first, last, partial| {
+            let mut n = first;
+            while n < last {
+                let images = per_batch.min(last - n);
+                with_scratch(images * (x_len + dy_len), |buf| {
+                    let dyt = buf.add(images * x_len);
+                    for i in 0..images {
+                        let img = n + i;
+                        let x_img = (x as *const f32).add(img * g.image_len());
+                        p.fill(x_img, buf.add(i * x_len), k.lanes);
+                        let dy_img = (dy as *const f32).add(img * co * positions);
+                        wgrad_lanes::transpose(dy_img, co, positions, o_pad, dyt.add(i * dy_len));
+                    }
+                    let batch = wgrad_lanes::Batch {
+                        images,
+                        x: buf,
+                        x_stride: x_len,
+                        groups: &groups,
+                        run,
+                        out_h: g.out_h,
+                        out_w: g.out_w,
+                        row: p.row,
+                        dy: dyt,
+                        dy_stride: dy_len,
+                        n_out: co,
+                        o_pad,
+                        partial,
+                    };
+                    (k.weight_grad_lanes)(&batch, ov);
+                });
+                n += images;
             }
         });
     }
