@@ -71,14 +71,11 @@ impl MaxPoolLaunch {
         global_pool().parallel_for_on(tasks, threads, &|t| {
             let planes = t * PLANES_PER_TASK..((t + 1) * PLANES_PER_TASK).min(planes);
             if self.grad {
-                let windows = Windows::new(&rows, &cols, &self.pool, x.w);
-                let mut args = vec![0u32; y.w];
-                let vector = avx2_gathers();
                 for plane in planes {
                     let dy = std::slice::from_raw_parts((p[0] as *const f32).add(plane * yp), yp);
                     let xs = std::slice::from_raw_parts((p[1] as *const f32).add(plane * xp), xp);
                     let dx = std::slice::from_raw_parts_mut((p[2] as *mut f32).add(plane * xp), xp);
-                    grad_plane(dy, xs, dx, &windows, &mut args, vector);
+                    grad_plane(dy, xs, dx, x.w, &rows, &cols);
                 }
             } else {
                 let mut colmax = vec![0f32; x.w];
@@ -120,149 +117,29 @@ fn forward_plane(
     }
 }
 
-/// The windows of one plane, and the run of output columns whose windows are
-/// whole (`kernel` wide, inside the input): the vector path's columns.
-struct Windows<'a> {
-    rows: &'a [(usize, usize)],
-    cols: &'a [(usize, usize)],
-    w: usize,
-    kernel: usize,
-    stride: usize,
-    whole: std::ops::Range<usize>,
-}
-
-impl<'a> Windows<'a> {
-    fn new(
-        rows: &'a [(usize, usize)],
-        cols: &'a [(usize, usize)],
-        pool: &PoolAttrs,
-        w: usize,
-    ) -> Self {
-        let k = pool.kernel;
-        let first = cols
-            .iter()
-            .position(|&(a, b)| b - a == k)
-            .unwrap_or(cols.len());
-        let len = cols[first..]
-            .iter()
-            .take_while(|&&(a, b)| b - a == k)
-            .count();
-        Windows {
-            rows,
-            cols,
-            w,
-            kernel: k,
-            stride: pool.stride,
-            whole: first..first + len,
-        }
-    }
-}
-
-/// Whether the gradient's vector path runs here (AVX2 gathers).
-fn avx2_gathers() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// The first maximum of window `(h0..h1) x (w0..w1)` in row-major order
-/// (strict `>`, the interpreter's scan): its index in the plane.
-fn first_max(x: &[f32], w: usize, (h0, h1): (usize, usize), (w0, w1): (usize, usize)) -> usize {
-    let (mut arg, mut best) = (h0 * w + w0, x[h0 * w + w0]);
-    for r in h0..h1 {
-        for (i, &v) in x[r * w + w0..r * w + w1].iter().enumerate() {
-            // Selects, not branches: which tap wins is data, and
-            // mispredicted branches made this twice as slow.
-            let gt = v > best;
-            arg = if gt { r * w + w0 + i } else { arg };
-            best = if gt { v } else { best };
-        }
-    }
-    arg
-}
-
-/// Adds each `dy` to its window's first maximum, outputs in row-major order.
-/// With `vector`, windows of whole rows and columns find their maximum eight
-/// at a time (the same scan per lane); the additions stay in output order.
 fn grad_plane(
     dy: &[f32],
     x: &[f32],
     dx: &mut [f32],
-    win: &Windows,
-    args: &mut [u32],
-    vector: bool,
+    w: usize,
+    rows: &[(usize, usize)],
+    cols: &[(usize, usize)],
 ) {
     dx.fill(0.0);
-    let (w, ow) = (win.w, win.cols.len());
-    for (oy, &(h0, h1)) in win.rows.iter().enumerate() {
-        let mut vectored = 0..0;
-        #[cfg(target_arch = "x86_64")]
-        if vector && h1 - h0 == win.kernel {
-            let (start, lanes) = (win.whole.start, win.whole.len() / 8 * 8);
-            // SAFETY: whole windows lie inside the plane; AVX2 was detected.
-            unsafe { x86::first_max_8(x, win, h0, start, &mut args[start..start + lanes]) };
-            vectored = start..start + lanes;
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = vector;
-        for (ox, &col) in win.cols.iter().enumerate() {
-            let arg = if vectored.contains(&ox) {
-                args[ox] as usize
-            } else {
-                first_max(x, w, (h0, h1), col)
-            };
-            dx[arg] += dy[oy * ow + ox];
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::Windows;
-
-    /// [`super::first_max`] of the whole windows of output columns
-    /// `first..first + args.len()` (a multiple of 8) on rows from `h0`, eight
-    /// windows per vector: the taps in row-major order, gathered, a strict
-    /// ordered `>` per lane.
-    ///
-    /// # Safety
-    /// AVX2 runs here; those windows lie inside `x`.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn first_max_8(x: &[f32], win: &Windows, h0: usize, first: usize, args: &mut [u32]) {
-        let (w, k, s) = (win.w as i32, win.kernel as i32, win.stride as i32);
-        let lane = _mm256_mullo_epi32(
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-            _mm256_set1_epi32(s),
-        );
-        for (v, out) in args.chunks_exact_mut(8).enumerate() {
-            let w0 = win.cols[first + v * 8].0 as i32;
-            let corner = _mm256_add_epi32(lane, _mm256_set1_epi32(h0 as i32 * w + w0));
-            let mut arg = corner;
-            let mut best = _mm256_i32gather_ps::<4>(x.as_ptr(), corner);
-            for r in 0..k {
-                for j in 0..k {
-                    if r == 0 && j == 0 {
-                        continue;
-                    }
-                    let idx = _mm256_add_epi32(corner, _mm256_set1_epi32(r * w + j));
-                    let val = _mm256_i32gather_ps::<4>(x.as_ptr(), idx);
-                    let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(val, best);
-                    best = _mm256_blendv_ps(best, val, gt);
-                    arg = _mm256_castps_si256(_mm256_blendv_ps(
-                        _mm256_castsi256_ps(arg),
-                        _mm256_castsi256_ps(idx),
-                        gt,
-                    ));
+    let ow = cols.len();
+    for (oy, &(h0, h1)) in rows.iter().enumerate() {
+        for (ox, &(w0, w1)) in cols.iter().enumerate() {
+            let (mut arg, mut best) = (h0 * w + w0, x[h0 * w + w0]);
+            for r in h0..h1 {
+                for (i, &v) in x[r * w + w0..r * w + w1].iter().enumerate() {
+                    // Selects, not branches: which tap wins is data, and
+                    // mispredicted branches made this twice as slow.
+                    let gt = v > best;
+                    arg = if gt { r * w + w0 + i } else { arg };
+                    best = if gt { v } else { best };
                 }
             }
-            _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, arg);
+            dx[arg] += dy[oy * ow + ox];
         }
     }
 }
@@ -284,9 +161,6 @@ mod tests {
             (1, 5, 5, 2, 2, 0, true),
             (4, 1, 1, 1, 1, 0, false),
             (2, 6, 5, 3, 1, 1, false),
-            // Rows wide enough for the gradient's eight-window vectors.
-            (2, 6, 21, 3, 1, 1, false),
-            (1, 9, 40, 2, 2, 0, true),
         ] {
             let pool = PoolAttrs {
                 kernel: k,
@@ -319,8 +193,6 @@ mod tests {
                 let dys = data(y.len(), 2);
                 let rows: Vec<_> = (0..y.h).map(|o| window(o, &pool, h)).collect();
                 let cols: Vec<_> = (0..y.w).map(|o| window(o, &pool, w)).collect();
-                let rows2: Vec<_> = rows.iter().map(|&(a, b, _)| (a, b)).collect();
-                let cols2: Vec<_> = cols.iter().map(|&(a, b, _)| (a, b)).collect();
                 // The definition: first maximum in row-major window order.
                 let mut want_y = vec![0f32; y.len()];
                 let mut want_dx = vec![0f32; x.len()];
@@ -382,31 +254,6 @@ mod tests {
                     assert!(
                         first.is_none(),
                         "gradient {x:?} {pool:?}: element {first:?}"
-                    );
-                }
-                // Each path of the gradient on its own, plane by plane.
-                let windows = Windows::new(&rows2, &cols2, &pool, w);
-                for vector in [false, avx2_gathers()] {
-                    let mut args = vec![0u32; y.w];
-                    let mut dx = vec![f32::NAN; x.len()];
-                    let (xp, yp) = (h * w, y.h * y.w);
-                    for plane in 0..n * c {
-                        grad_plane(
-                            &dys[plane * yp..(plane + 1) * yp],
-                            &xs[plane * xp..(plane + 1) * xp],
-                            &mut dx[plane * xp..(plane + 1) * xp],
-                            &windows,
-                            &mut args,
-                            vector,
-                        );
-                    }
-                    let first = dx
-                        .iter()
-                        .zip(&want_dx)
-                        .position(|(g, w)| g.to_bits() != w.to_bits());
-                    assert!(
-                        first.is_none(),
-                        "gradient (vector path {vector}) {x:?} {pool:?}: element {first:?}"
                     );
                 }
             }
