@@ -58,11 +58,7 @@ impl ConvLaunch {
             (co * g.col_cols(), g.image_len())
         };
         // Stride 1 with a 3- or 5-wide kernel: one run of `kw` taps per row.
-        let (rows, run): (Vec<usize>, usize) = if p.stride == 1 && (kw == 3 || kw == 5) {
-            (p.row_offsets(), kw)
-        } else {
-            (taps, 1)
-        };
+        let (rows, run) = p.tap_groups();
         let (src, dst, wpack) = (ptrs[0] as usize, ptrs[2] as usize, wpack.as_ptr() as usize);
         let len = p.len(k.lanes);
         let scratch = ptrs[3] as usize;
@@ -99,38 +95,23 @@ impl ConvLaunch {
         let taps = p.tap_offsets();
         let nvec = p.vectors(k.lanes);
         let dy_row = nvec * k.lanes;
-        let (x_len, dy_len) = (p.len(k.lanes), co * dy_row);
-        let per_batch = (WEIGHT_GRAD_BATCH_BYTES / (4 * (x_len + dy_len))).max(1);
-        let (dy, x) = (ptrs[0] as usize, ptrs[1] as usize);
-        let y_len = co * g.col_cols();
-        self.weight_grad_groups(ptrs, threads, &|first, last, partial| {
-            let mut n = first;
-            while n < last {
-                let batch = per_batch.min(last - n);
-                with_scratch(batch * (x_len + dy_len), |buf| {
-                    let dyq = buf.add(batch * x_len);
-                    for i in 0..batch {
-                        let img = n + i;
-                        p.fill(
-                            (x as *const f32).add(img * g.image_len()),
-                            buf.add(i * x_len),
-                            k.lanes,
-                        );
-                        prep::fill_rows(
-                            (dy as *const f32).add(img * y_len),
-                            (co, g.out_h, g.out_w),
-                            p.row,
-                            dy_row,
-                            dyq.add(i * dy_len),
-                        );
-                    }
-                    (k.weight_grad)(
-                        nvec, batch, buf, x_len, &taps, dyq, dy_len, dy_row, co, partial,
-                    );
-                });
-                n += batch;
-            }
-        });
+        let dy_len = co * dy_row;
+        let (dy, y_len) = (ptrs[0] as usize, co * g.col_cols());
+        self.weight_grad_batches(
+            k,
+            ptrs,
+            threads,
+            dy_len,
+            &|img, dst| {
+                let src = (dy as *const f32).add(img * y_len);
+                prep::fill_rows(src, (co, g.out_h, g.out_w), p.row, dy_row, dst);
+            },
+            &|images, x, x_len, dyq, partial| {
+                (k.weight_grad)(
+                    nvec, images, x, x_len, &taps, dyq, dy_len, dy_row, co, partial,
+                )
+            },
+        );
     }
 
     /// The weight gradient with output channels in the lanes
@@ -144,46 +125,72 @@ impl ConvLaunch {
     ) {
         let (g, co) = (&self.geom, self.out_channels);
         let p = self.prep();
-        let ov = wgrad_lanes::vectors_per_tile(co, k.lanes, k.max_channel_vectors);
-        let o_pad = co.next_multiple_of(ov * k.lanes);
-        let (groups, run) = if p.stride == 1 && (g.kw == 3 || g.kw == 5) {
-            (p.row_offsets(), g.kw)
-        } else {
-            (p.tap_offsets(), 1)
-        };
+        let (ov, o_pad) = self.channel_tile(k);
+        let (groups, run) = p.tap_groups();
         let positions = g.col_cols();
-        let (x_len, dy_len) = (p.len(k.lanes), positions * o_pad);
+        let dy_len = positions * o_pad;
+        let dy = ptrs[0] as usize;
+        self.weight_grad_batches(
+            k,
+            ptrs,
+            threads,
+            dy_len,
+            &|img, dst| {
+                let src = (dy as *const f32).add(img * co * positions);
+                wgrad_lanes::transpose(src, co, positions, o_pad, dst);
+            },
+            &|images, x, x_len, dyt, partial| {
+                let batch = wgrad_lanes::Batch {
+                    images,
+                    x,
+                    x_stride: x_len,
+                    groups: &groups,
+                    run,
+                    out_h: g.out_h,
+                    out_w: g.out_w,
+                    row: p.row,
+                    dy: dyt,
+                    dy_stride: dy_len,
+                    n_out: co,
+                    o_pad,
+                    partial,
+                };
+                (k.weight_grad_lanes)(&batch, ov)
+            },
+        );
+    }
+
+    /// Each fixed group of images ([`ConvLaunch::weight_grad_groups`]) in
+    /// batches that fit `WEIGHT_GRAD_BATCH_BYTES` of per-thread scratch:
+    /// every image's prepared input, then every image's gradient as
+    /// `fill_dy(image, dst)` lays it out (`dy_len` each), then
+    /// `kernel(images, inputs, input length, gradients, partial)`.
+    #[allow(clippy::type_complexity)]
+    unsafe fn weight_grad_batches(
+        &self,
+        k: &direct::Kernels,
+        ptrs: &[*mut f32],
+        threads: usize,
+        dy_len: usize,
+        fill_dy: &(dyn Fn(usize, *mut f32) + Sync),
+        kernel: &(dyn Fn(usize, *const f32, usize, *const f32, *mut f32) + Sync),
+    ) {
+        let (g, p) = (&self.geom, self.prep());
+        let x_len = p.len(k.lanes);
         let per_batch = (WEIGHT_GRAD_BATCH_BYTES / (4 * (x_len + dy_len))).max(1);
-        let (dy, x) = (ptrs[0] as usize, ptrs[1] as usize);
+        let x = ptrs[1] as usize;
         self.weight_grad_groups(ptrs, threads, &|first, last, partial| {
             let mut n = first;
             while n < last {
                 let images = per_batch.min(last - n);
                 with_scratch(images * (x_len + dy_len), |buf| {
-                    let dyt = buf.add(images * x_len);
+                    let dys = buf.add(images * x_len);
                     for i in 0..images {
-                        let img = n + i;
-                        let x_img = (x as *const f32).add(img * g.image_len());
+                        let x_img = (x as *const f32).add((n + i) * g.image_len());
                         p.fill(x_img, buf.add(i * x_len), k.lanes);
-                        let dy_img = (dy as *const f32).add(img * co * positions);
-                        wgrad_lanes::transpose(dy_img, co, positions, o_pad, dyt.add(i * dy_len));
+                        fill_dy(n + i, dys.add(i * dy_len));
                     }
-                    let batch = wgrad_lanes::Batch {
-                        images,
-                        x: buf,
-                        x_stride: x_len,
-                        groups: &groups,
-                        run,
-                        out_h: g.out_h,
-                        out_w: g.out_w,
-                        row: p.row,
-                        dy: dyt,
-                        dy_stride: dy_len,
-                        n_out: co,
-                        o_pad,
-                        partial,
-                    };
-                    (k.weight_grad_lanes)(&batch, ov);
+                    kernel(images, buf, x_len, dys, partial);
                 });
                 n += images;
             }

@@ -263,10 +263,16 @@ impl ConvLaunch {
         }
         let p = self.prep();
         let positions_used = self.geom.col_cols() as f64 / (p.vectors(k.lanes) * k.lanes) as f64;
-        let ov = wgrad_lanes::vectors_per_tile(self.out_channels, k.lanes, k.max_channel_vectors);
-        let channels_used =
-            self.out_channels as f64 / self.out_channels.next_multiple_of(ov * k.lanes) as f64;
+        let channels_used = self.out_channels as f64 / self.channel_tile(k).1 as f64;
         positions_used < 0.9 && channels_used > positions_used
+    }
+
+    /// A channel-lane tile's output-channel vectors, and the output channels
+    /// padded to whole tiles.
+    fn channel_tile(&self, k: &direct::Kernels) -> (usize, usize) {
+        let co = self.out_channels;
+        let ov = wgrad_lanes::vectors_per_tile(co, k.lanes, k.max_channel_vectors);
+        (ov, co.next_multiple_of(ov * k.lanes))
     }
 
     /// The prepared layout the direct kernels read for this pass.

@@ -96,6 +96,18 @@ impl Prep {
             .collect()
     }
 
+    /// The taps in groups whose members follow one element apart: with
+    /// stride 1 and a 3- or 5-wide kernel one group of `kw` per kernel row
+    /// ([`Prep::row_offsets`]), else every tap alone. Returns the groups'
+    /// offsets and the taps per group.
+    pub fn tap_groups(&self) -> (Vec<usize>, usize) {
+        if self.stride == 1 && (self.kw == 3 || self.kw == 5) {
+            (self.row_offsets(), self.kw)
+        } else {
+            (self.tap_offsets(), 1)
+        }
+    }
+
     /// Output positions, junk included.
     pub fn positions(&self) -> usize {
         self.out_h * self.row
