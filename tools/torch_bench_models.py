@@ -4,9 +4,10 @@ writes it, a hand-written two-mask autograd Function (y = F ⊙ x, dx = B ⊙ dy
 plus a custom function for a convolution right after a site, so that its
 weight gradient reads B ⊙ x.
 
-Kept apart from tools/torch_check.py on purpose: the checker's models carry
-read values beside forward values and run in float64 to judge dropjit's
-gradients; a speed baseline must be PyTorch as a user would run it.
+The layers (and so the parameters) are the checker's, tools/torch_check.py;
+only the forward passes differ: the checker's carry read values beside
+forward values to judge dropjit's gradients, while a speed baseline must be
+PyTorch as a user would run it.
 
 Where a site feeds an average pool (ConvNet-Quick's sites 2 and 3) the next
 layer's weight gradient here reads F ⊙ x rather than pool(B ⊙ x): a little
@@ -15,8 +16,9 @@ favours PyTorch.
 """
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+
+import torch_check
 
 
 class TwoMaskDropout(torch.autograd.Function):
@@ -84,16 +86,8 @@ def site_only(x, masks, site):
     return TwoMaskDropout.apply(x, ones if fm is None else fm, ones if bm is None else bm)
 
 
-class ConvNetQuick(nn.Module):
+class ConvNetQuick(torch_check.ConvNetQuick):
     """Caffe cifar10_quick; dropout sites after each ReLU."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 32, 5, padding=2)
-        self.conv2 = nn.Conv2d(32, 32, 5, padding=2)
-        self.conv3 = nn.Conv2d(32, 64, 5, padding=2)
-        self.ip1 = nn.Linear(1024, 64)
-        self.ip2 = nn.Linear(64, 10)
 
     def forward(self, x, masks):
         x = F.relu(F.max_pool2d(self.conv1(x), 3, 2, ceil_mode=True))
@@ -107,46 +101,22 @@ class ConvNetQuick(nn.Module):
         return self.ip2(self.ip1(x.flatten(1)))
 
 
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.stride, self.pad = stride, (cout - cin) // 2
-
-    def forward(self, x, masks, site):
-        h = F.relu(self.bn1(self.conv1(x)))
-        h = self.bn2(site_conv(h, self.conv2, masks, site))
-        sc = x
-        if self.stride != 1 or self.pad:
-            sc = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad, self.pad))
-        return F.relu(h + sc)
+def block(b, x, masks, site):
+    """A residual block of the checker's ResNet-20 (`torch_check.Block`)."""
+    h = F.relu(b.bn1(b.conv1(x)))
+    h = b.bn2(site_conv(h, b.conv2, masks, site))
+    sc = x
+    if b.stride != 1 or b.pad:
+        sc = F.pad(x[:, :, :: b.stride, :: b.stride], (0, 0, 0, 0, b.pad, b.pad))
+    return F.relu(h + sc)
 
 
-class ResNet20(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        cin, layers = 16, []
-        for cout, stride in [(16, 1), (32, 2), (64, 2)]:
-            blocks = []
-            for b in range(3):
-                blocks.append(Block(cin, cout, stride if b == 0 else 1))
-                cin = cout
-            layers.append(nn.ModuleList(blocks))
-        self.layer1, self.layer2, self.layer3 = layers
-        self.fc = nn.Linear(64, 10)
-
+class ResNet20(torch_check.ResNet20):
     def forward(self, x, masks):
         x = F.relu(self.bn1(self.conv1(x)))
         site = 0
         for layer in (self.layer1, self.layer2, self.layer3):
-            for block in layer:
-                x = block(x, masks, site)
+            for b in layer:
+                x = block(b, x, masks, site)
                 site += 1
         return self.fc(x.mean((2, 3)))
-
-
