@@ -19,18 +19,9 @@ use cranelift_codegen::ir::types::I64;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 
-use super::expr::{BufId, Dims, ExprGraph, ExprId, MaskFactor};
+use super::expr::{BufId, Dims, ExprGraph, ExprId};
 use super::expr_to_clif::{counted_loop, emit_row, ChanMode, Chunk, ExprEmitter};
 use super::jit::{FuncEnv, KernelSpec, Result};
-
-/// Keep flags stored as bytes: `buf[e] = 0xFF` where `factor` keeps element
-/// `e` (index base 0), else `0` (see `expr`: a later kernel over the same
-/// space reads them back with `ExprGraph::read_flags`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlagOutput {
-    pub buf: BufId,
-    pub factor: MaskFactor,
-}
 
 /// One output stream: `buf[e] = value(e)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +38,6 @@ pub struct ElementwiseKernel {
     pub dims: Dims,
     pub graph: ExprGraph,
     pub outputs: Vec<Output>,
-    pub flag_outputs: Vec<FlagOutput>,
 }
 
 impl ElementwiseKernel {
@@ -58,42 +48,13 @@ impl ElementwiseKernel {
             dims,
             graph,
             outputs: vec![],
-            flag_outputs: vec![],
         }
-    }
-
-    /// Adds an output of `factor`'s keep flags, one byte per element, to
-    /// `buf` (which holds at least `dims.len()` bytes).
-    pub fn flag_output(mut self, buf: BufId, factor: MaskFactor) -> Self {
-        self.flag_outputs.push(FlagOutput { buf, factor });
-        self
     }
 
     /// Adds an output `buf[e] = value`. `buf` may be a `Load` input (in place).
     pub fn output(mut self, buf: BufId, value: ExprId) -> Self {
         self.outputs.push(Output { buf, value });
         self
-    }
-
-    /// Renumbers the mask key slots of the graph and the flag outputs so the
-    /// smallest is 0 and returns how far they moved (see
-    /// `ExprGraph::rebase_keys`).
-    pub fn rebase_keys(&mut self) -> u32 {
-        let flags = self.flag_outputs.iter().map(|o| o.factor.key.0);
-        let Some(base) = self.graph.min_key().into_iter().chain(flags).min() else {
-            return 0;
-        };
-        self.graph.shift_keys(base);
-        for o in &mut self.flag_outputs {
-            o.factor.key.0 -= base;
-        }
-        base
-    }
-
-    /// One past the largest key slot read (0 when no mask is applied).
-    pub fn key_slots(&self) -> u32 {
-        let flags = self.flag_outputs.iter().map(|o| o.factor.key.0 + 1);
-        flags.chain([self.graph.key_slots()]).max().unwrap_or(0)
     }
 
     fn roots(&self) -> Vec<ExprId> {
@@ -126,7 +87,7 @@ impl KernelSpec for ElementwiseKernel {
         if d.len() > u32::MAX as usize {
             return Err(self.invalid("more than 2^32 elements".into()));
         }
-        if self.outputs.is_empty() && self.flag_outputs.is_empty() {
+        if self.outputs.is_empty() {
             return Err(self.invalid("no outputs".into()));
         }
         let live = self.graph.live(&self.roots());
@@ -144,22 +105,6 @@ impl KernelSpec for ElementwiseKernel {
             }
             seen.push(o.buf);
         }
-        let (elem, _) = self.graph.buffers(&live);
-        for o in &self.flag_outputs {
-            if o.factor.threshold <= 0 {
-                return Err(self.invalid(format!("flag output {o:?} of a factor that keeps all")));
-            }
-            if self.graph.stored_flags(o.factor).is_some() {
-                return Err(self.invalid(format!("flag output {o:?} of flags it reads")));
-            }
-            let read = elem.contains(&o.buf)
-                || chan.contains(&o.buf)
-                || self.graph.flag_buffers().any(|b| b == o.buf);
-            if seen.contains(&o.buf) || read {
-                return Err(self.invalid(format!("flag buffer {:?} also read or written", o.buf)));
-            }
-            seen.push(o.buf);
-        }
         Ok(())
     }
 
@@ -169,17 +114,11 @@ impl KernelSpec for ElementwiseKernel {
         let Dims { chans, inner, .. } = self.dims;
         let mode = self.mode();
         let out_bufs: Vec<BufId> = self.outputs.iter().map(|o| o.buf).collect();
-        let flags: Vec<(BufId, MaskFactor)> = self
-            .flag_outputs
-            .iter()
-            .map(|o| (o.buf, o.factor))
-            .collect();
         let mut em = ExprEmitter::new(
             b,
             &self.graph,
             &self.roots(),
             &out_bufs,
-            &flags,
             mode,
             ptr_ty,
             [args, keys],
@@ -440,140 +379,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// Flags written by one kernel and read by the next agree with the hash:
-    /// kernel A applies F and stores F's and G's flags; kernel B reads both
-    /// back for `B = F ⊙ G`, hashes nothing, and matches the reference (which
-    /// hashes) bit for bit; every stored byte is 0xFF or 0 as `is_kept` says.
-    #[test]
-    #[allow(clippy::needless_range_loop)]
-    fn stored_flags_round_trip_through_memory() {
-        let keys = [
-            mask::mask_key(5, 8, 1, mask::Stream::F),
-            mask::mask_key(5, 8, 1, mask::Stream::G),
-        ];
-        let (pf, pg) = (0.3, 0.45);
-        let f = MaskFactor {
-            key: KeySlot(0),
-            threshold: mask::keep_threshold(pf),
-        };
-        let gf = MaskFactor {
-            key: KeySlot(1),
-            threshold: mask::keep_threshold(pg),
-        };
-        for (s, &(o, c, i)) in DIMS.iter().enumerate() {
-            let dims = Dims::new(o, c, i);
-            let n = dims.len();
-            // A: y = F(x) -> buf 1; flags of F -> buf 2, of G -> buf 3.
-            let mut ga = ExprGraph::new();
-            let x = ga.load(BufId(0));
-            let y = ga.drop_mask(&[f], 0, mask::keep_scale(&[pf]) as f32, x);
-            let a = ElementwiseKernel::new("fwd", "F, flags stored", dims, ga)
-                .output(BufId(1), y)
-                .flag_output(BufId(2), f)
-                .flag_output(BufId(3), gf);
-            // B: dx = B(dy) with both factors read from buffers 1 and 2.
-            let mut gb = ExprGraph::new();
-            gb.read_flags(f, BufId(1));
-            gb.read_flags(gf, BufId(2));
-            let dy = gb.load(BufId(0));
-            let dx = gb.drop_mask(&[f, gf], 0, mask::keep_scale(&[pf, pg]) as f32, dy);
-            let bk = ElementwiseKernel::new("bwd", "F*G from flags", dims, gb).output(BufId(3), dx);
-            assert_eq!(bk.key_slots(), 2);
-            let (_ca, fa) = compile(&a);
-            let (_cb, fb) = compile(&bk);
-            let flag_words = n.div_ceil(4);
-            let mut abufs = vec![
-                guarded(n, s as u64),
-                guarded(n, 99),
-                guarded(flag_words, 98),
-                guarded(flag_words, 97),
-            ];
-            run_jit(fa, &mut abufs, &keys, o, None);
-            for b in &abufs {
-                check_guard(b);
-            }
-            let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-            let (fbytes, gbytes) = (bytes(&abufs[2]), bytes(&abufs[3]));
-            for e in 0..n {
-                let want = |k: u64, t: i32| {
-                    if mask::is_kept(k, e as u32, t) {
-                        0xFF
-                    } else {
-                        0
-                    }
-                };
-                assert_eq!(
-                    fbytes[e],
-                    want(keys[0], f.threshold),
-                    "F flag dims {dims:?} e {e}"
-                );
-                assert_eq!(
-                    gbytes[e],
-                    want(keys[1], gf.threshold),
-                    "G flag dims {dims:?} e {e}"
-                );
-            }
-            // Bytes past the last element are untouched (the guard's pattern).
-            let untouched = bytes(&guarded(flag_words, 98));
-            assert_eq!(fbytes[n..4 * flag_words], untouched[n..4 * flag_words]);
-            let mut got = vec![
-                guarded(n, s as u64 + 7),
-                abufs[2].clone(),
-                abufs[3].clone(),
-                guarded(n, 3),
-            ];
-            let mut want = got.clone();
-            run_jit(fb, &mut got, &keys, o, None);
-            bk.eval_reference(&mut want, &keys, 0..o);
-            check_guard(&got[3]);
-            assert_bits_eq(&got[3], &want[3], &format!("bwd dims {dims:?}"));
-            // And it reads the flags, not the hash: clearing them drops all.
-            let mut cleared = got.clone();
-            cleared[1].iter_mut().for_each(|x| *x = 0.0);
-            run_jit(fb, &mut cleared, &keys, o, None);
-            assert!(cleared[3][..n].iter().all(|x| *x == 0.0), "dims {dims:?}");
-        }
-    }
-
-    #[test]
-    fn flag_outputs_are_validated() {
-        let dims = Dims::new(1, 1, 8);
-        let f = MaskFactor {
-            key: KeySlot(0),
-            threshold: mask::keep_threshold(0.5),
-        };
-        let mut g = ExprGraph::new();
-        g.read_flags(f, BufId(2));
-        let x = g.load(BufId(0));
-        let y = g.drop_mask(&[f], 0, 2.0, x);
-        let reads_own = ElementwiseKernel::new("k", "", dims, g.clone())
-            .output(BufId(1), y)
-            .flag_output(BufId(3), f);
-        assert!(
-            reads_own.validate().is_err(),
-            "a flag output of flags it reads"
-        );
-        let mut g2 = ExprGraph::new();
-        let x = g2.load(BufId(0));
-        let y = g2.drop_mask(&[f], 0, 2.0, x);
-        let onto_input = ElementwiseKernel::new("k", "", dims, g2.clone())
-            .output(BufId(1), y)
-            .flag_output(BufId(0), f);
-        assert!(onto_input.validate().is_err(), "flags over an input");
-        let keeps_all = MaskFactor {
-            key: KeySlot(0),
-            threshold: 0,
-        };
-        let k = ElementwiseKernel::new("k", "", dims, g2.clone())
-            .output(BufId(1), y)
-            .flag_output(BufId(2), keeps_all);
-        assert!(k.validate().is_err(), "flags of a factor that keeps all");
-        let ok = ElementwiseKernel::new("k", "", dims, g2)
-            .output(BufId(1), y)
-            .flag_output(BufId(2), f);
-        assert!(ok.validate().is_ok());
     }
 
     #[test]

@@ -17,12 +17,6 @@
 //!   Keys are read at run time from the key table argument, so the step number
 //!   is a runtime input. A factor with `threshold <= 0` keeps everything and is
 //!   not emitted.
-//!
-//! Stored keep flags: a kernel may write a factor's keep flags (one byte per
-//! element, `0xFF` kept, `0` dropped, index base 0) and a later kernel over the
-//! same space may read them instead of hashing again
-//! ([`ExprGraph::read_flags`]). Reading them is a memo, not a change of
-//! meaning: the values are those of the hash, which `eval_scalar` computes.
 
 /// Index of a buffer pointer in the kernel's `args` array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,8 +78,6 @@ impl Node {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ExprGraph {
     nodes: Vec<Node>,
-    /// Factors whose keep flags (index base 0) are read from a byte buffer.
-    stored_flags: Vec<(MaskFactor, BufId)>,
 }
 
 impl ExprGraph {
@@ -105,18 +97,7 @@ impl ExprGraph {
     /// they moved: the caller passes `keys + base` instead of `keys`, so loops
     /// that differ only in which dropout site they mask compile once.
     pub fn rebase_keys(&mut self) -> u32 {
-        let base = self.min_key().unwrap_or(0);
-        self.shift_keys(base);
-        base
-    }
-
-    /// The smallest key slot read, if any.
-    pub fn min_key(&self) -> Option<u32> {
-        self.mask_factors().map(|f| f.key.0).min()
-    }
-
-    /// Subtracts `base` from every key slot (see [`Self::rebase_keys`]).
-    pub fn shift_keys(&mut self, base: u32) {
+        let base = self.mask_factors().map(|f| f.key.0).min().unwrap_or(0);
         for n in &mut self.nodes {
             if let Node::DropMask { factors, .. } = n {
                 for f in factors {
@@ -124,33 +105,7 @@ impl ExprGraph {
                 }
             }
         }
-        for (f, _) in &mut self.stored_flags {
-            f.key.0 -= base;
-        }
-    }
-
-    /// Reads the keep flags of `factor` (at index base 0) from byte buffer
-    /// `buf` instead of hashing them. The caller guarantees that an earlier
-    /// kernel over the same space wrote them (an `ElementwiseKernel` flag
-    /// output of the same factor).
-    pub fn read_flags(&mut self, factor: MaskFactor, buf: BufId) {
-        assert!(factor.threshold > 0, "a factor that keeps all has no flags");
-        if self.stored_flags(factor).is_none() {
-            self.stored_flags.push((factor, buf));
-        }
-    }
-
-    /// The byte buffer `factor`'s keep flags are read from, if any.
-    pub fn stored_flags(&self, factor: MaskFactor) -> Option<BufId> {
-        self.stored_flags
-            .iter()
-            .find(|(f, _)| *f == factor)
-            .map(|(_, b)| *b)
-    }
-
-    /// Every byte buffer of keep flags read.
-    pub fn flag_buffers(&self) -> impl Iterator<Item = BufId> + '_ {
-        self.stored_flags.iter().map(|(_, b)| *b)
+        base
     }
 
     /// One past the largest key slot read (0 when no mask is applied).
@@ -159,13 +114,10 @@ impl ExprGraph {
     }
 
     fn mask_factors(&self) -> impl Iterator<Item = &MaskFactor> {
-        self.nodes
-            .iter()
-            .flat_map(|n| match n {
-                Node::DropMask { factors, .. } => factors.as_slice(),
-                _ => &[],
-            })
-            .chain(self.stored_flags.iter().map(|(f, _)| f))
+        self.nodes.iter().flat_map(|n| match n {
+            Node::DropMask { factors, .. } => factors.as_slice(),
+            _ => &[],
+        })
     }
 
     /// Appends a node (operands must already exist) and returns its id.

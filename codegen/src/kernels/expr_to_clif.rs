@@ -13,19 +13,15 @@
 //! emitted node-major, so the chunks form independent chains (ILP), and all
 //! loads of a group precede all of its stores (what makes exact in-place
 //! aliasing safe).
-//!
-//! Keep flags kept in memory (see `expr`) are bytes: a chunk's four flags are
-//! one 32-bit load sign-extended to `i32x4` lanes of 0 / -1 (the very mask the
-//! hash's compare yields), and stored by narrowing those lanes back to bytes.
 
 use std::collections::HashMap;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::types::{F32, F32X4, I16X8, I32, I32X4, I64, I8X16};
-use cranelift_codegen::ir::{ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64};
+use cranelift_codegen::ir::{ConstantData, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
-use super::expr::{BufId, ExprGraph, ExprId, KeySlot, MaskFactor, Node};
+use super::expr::{BufId, ExprGraph, ExprId, KeySlot, Node};
 
 /// `lowbias32` multipliers (see `mask::lowbias32`; tested to agree).
 const LOWBIAS_M1: u32 = 0x7FEB_352D;
@@ -75,10 +71,6 @@ struct GroupCache {
     idx: HashMap<u32, Value>,
     /// Mask bits (shifted right by one) per (key, index base, chunk).
     bits: HashMap<(KeySlot, u32, usize), Value>,
-    /// Keep flags (i32x4 of 0 / -1) per (factor, index base, chunk).
-    keep: HashMap<(MaskFactor, u32, usize), Value>,
-    /// `ptr + e` (byte addressing) per pointer.
-    byte_addr: HashMap<Value, Value>,
     row_i: Option<Value>,
     /// f32x4 splats of constants, by bit pattern.
     floats: HashMap<u32, Value>,
@@ -116,22 +108,6 @@ impl GroupCache {
         self.addr.insert((ptr, use_i), a);
         a
     }
-
-    fn byte_addr(&mut self, b: &mut FunctionBuilder, ptr: Value, ch: &Chunk) -> Value {
-        *self
-            .byte_addr
-            .entry(ptr)
-            .or_insert_with(|| b.ins().iadd(ptr, ch.e))
-    }
-}
-
-/// Reinterprets a vector's bytes as another lane type (x86 is little-endian).
-fn lanes_as(b: &mut FunctionBuilder, ty: Type, v: Value) -> Value {
-    b.ins().bitcast(
-        ty,
-        MemFlagsData::new().with_endianness(Endianness::Little),
-        v,
-    )
 }
 
 fn vec_flags() -> MemFlagsData {
@@ -154,8 +130,6 @@ pub(crate) struct ExprEmitter<'g> {
     mode: ChanMode,
     bufs: HashMap<BufId, Value>,
     keys: HashMap<KeySlot, (Value, Value)>,
-    /// Keep flags written per chunk: (byte buffer, factor).
-    flag_outputs: Vec<(BufId, MaskFactor)>,
     /// Kernel- and row-level node values.
     fixed: Vec<Option<Value>>,
     zero: Value,
@@ -163,16 +137,12 @@ pub(crate) struct ExprEmitter<'g> {
 
 impl<'g> ExprEmitter<'g> {
     /// Emits the prologue at the current block: buffer pointers of the live
-    /// nodes, of `extra_bufs` and of the flag buffers, mask keys, constants,
-    /// kernel-level nodes. `flag_outputs` (byte buffer, factor) are stored by
-    /// every `eval_group`.
-    #[allow(clippy::too_many_arguments)]
+    /// nodes and of `extra_bufs`, mask keys, constants, kernel-level nodes.
     pub fn new(
         b: &mut FunctionBuilder,
         g: &'g ExprGraph,
         roots: &[ExprId],
         extra_bufs: &[BufId],
-        flag_outputs: &[(BufId, MaskFactor)],
         mode: ChanMode,
         ptr_ty: Type,
         [args, keys]: [Value; 2],
@@ -202,7 +172,6 @@ impl<'g> ExprEmitter<'g> {
             mode,
             bufs: HashMap::new(),
             keys: HashMap::new(),
-            flag_outputs: flag_outputs.to_vec(),
             fixed: vec![None; g.nodes().len()],
             zero,
         };
@@ -211,8 +180,6 @@ impl<'g> ExprEmitter<'g> {
             .into_iter()
             .chain(chan)
             .chain(extra_bufs.iter().copied())
-            .chain(flag_outputs.iter().map(|(buf, _)| *buf))
-            .chain(g.flag_buffers())
             .collect();
         all.sort();
         all.dedup();
@@ -226,19 +193,10 @@ impl<'g> ExprEmitter<'g> {
             );
             me.bufs.insert(buf, p);
         }
-        // Keys of the factors hashed here (not those read as stored flags).
-        let mut slots: Vec<KeySlot> = flag_outputs.iter().map(|(_, f)| f.key).collect();
+        let mut slots: Vec<KeySlot> = vec![];
         for (n, _) in g.nodes().iter().zip(&me.live).filter(|(_, l)| **l) {
-            if let Node::DropMask {
-                factors,
-                index_base,
-                ..
-            } = n
-            {
-                let hashed = |f: &&MaskFactor| {
-                    f.threshold > 0 && (*index_base != 0 || g.stored_flags(**f).is_none())
-                };
-                slots.extend(factors.iter().filter(hashed).map(|f| f.key));
+            if let Node::DropMask { factors, .. } = n {
+                slots.extend(factors.iter().filter(|f| f.threshold > 0).map(|f| f.key));
             }
         }
         slots.sort();
@@ -405,7 +363,10 @@ impl<'g> ExprEmitter<'g> {
                         let y = b.ins().fmul(xv, s);
                         let mut keep: Option<Value> = None;
                         for f in factors.iter().filter(|f| f.threshold > 0) {
-                            let m = self.keep(b, &mut gc, *f, *index_base, k, ch);
+                            let bits1 = self.mask_bits1(b, &mut gc, f.key, *index_base, k, ch);
+                            // bits1 >= t  <=>  bits1 > t - 1   (t > 0: no overflow)
+                            let t = gc.int(b, (f.threshold - 1) as u32, true);
+                            let m = b.ins().icmp(IntCC::SignedGreaterThan, bits1, t);
                             keep = Some(match keep {
                                 None => m,
                                 Some(prev) => b.ins().band(prev, m),
@@ -431,84 +392,13 @@ impl<'g> ExprEmitter<'g> {
                 vals[idx][k] = Some(v);
             }
         }
-        let mut flags = Vec::new();
-        for (buf, f) in self.flag_outputs.clone() {
-            for (k, ch) in chunks.iter().enumerate() {
-                flags.push((buf, k, self.keep(b, &mut gc, f, 0, k, ch)));
-            }
-        }
         for (buf, node) in stores {
             for (k, ch) in chunks.iter().enumerate() {
                 let v = vals[node.0 as usize][k].expect("stored value");
                 Self::store_chunk(b, &mut gc, self.bufs[buf], ch, v);
             }
         }
-        for (buf, k, m) in flags {
-            Self::store_flags(b, &mut gc, self.bufs[&buf], &chunks[k], m);
-        }
         vals
-    }
-
-    /// Keep flags of factor `f` (threshold > 0) for the lanes of chunk `k`:
-    /// i32x4 lanes of -1 (kept) or 0, read from stored flags where the graph
-    /// has them, else hashed.
-    fn keep(
-        &mut self,
-        b: &mut FunctionBuilder,
-        gc: &mut GroupCache,
-        f: MaskFactor,
-        index_base: u32,
-        k: usize,
-        ch: &Chunk,
-    ) -> Value {
-        if let Some(v) = gc.keep.get(&(f, index_base, k)) {
-            return *v;
-        }
-        let m = match self.g.stored_flags(f).filter(|_| index_base == 0) {
-            Some(buf) => Self::load_flags(b, gc, self.bufs[&buf], ch),
-            None => {
-                let bits1 = self.mask_bits1(b, gc, f.key, index_base, k, ch);
-                // bits1 >= t  <=>  bits1 > t - 1   (t > 0: no overflow)
-                let t = gc.int(b, (f.threshold - 1) as u32, true);
-                b.ins().icmp(IntCC::SignedGreaterThan, bits1, t)
-            }
-        };
-        gc.keep.insert((f, index_base, k), m);
-        m
-    }
-
-    /// A chunk's flag bytes as i32x4 lanes of 0 / -1 (sign extension of 0x00 / 0xFF).
-    fn load_flags(b: &mut FunctionBuilder, gc: &mut GroupCache, ptr: Value, ch: &Chunk) -> Value {
-        let addr = gc.byte_addr(b, ptr, ch);
-        let disp = ch.off as i32;
-        if ch.scalar {
-            let x = b.ins().sload8(I32, scalar_flags(), addr, disp);
-            b.ins().scalar_to_vector(I32X4, x)
-        } else {
-            let x = b.ins().load(I32, vec_flags(), addr, disp);
-            let v = b.ins().scalar_to_vector(I32X4, x);
-            let v = lanes_as(b, I8X16, v);
-            let v = b.ins().swiden_low(v);
-            b.ins().swiden_low(v)
-        }
-    }
-
-    /// Stores i32x4 lanes of 0 / -1 as a chunk's flag bytes (saturating
-    /// narrows keep 0 and -1 as they are).
-    fn store_flags(b: &mut FunctionBuilder, gc: &mut GroupCache, ptr: Value, ch: &Chunk, m: Value) {
-        let addr = gc.byte_addr(b, ptr, ch);
-        let disp = ch.off as i32;
-        if ch.scalar {
-            let x = b.ins().extractlane(m, 0);
-            b.ins().istore8(scalar_flags(), x, addr, disp);
-        } else {
-            let h = b.ins().snarrow(m, m);
-            debug_assert_eq!(b.func.dfg.value_type(h), I16X8);
-            let q = b.ins().snarrow(h, h);
-            let w = lanes_as(b, I32X4, q);
-            let x = b.ins().extractlane(w, 0);
-            b.ins().store(vec_flags(), x, addr, disp);
-        }
     }
 
     /// `mask_bits(key, e + index_base) >> 1` for the lanes of chunk `k`.

@@ -121,7 +121,6 @@ impl KernelSpec for ReduceKernel {
             &self.graph,
             &self.roots(),
             &out_bufs,
-            &[],
             ChanMode::PerRow,
             ptr_ty,
             [args, keys],

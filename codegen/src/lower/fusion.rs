@@ -2,12 +2,6 @@
 //! space become one Cranelift loop nest (a [`Group`]); only values read
 //! outside the run are written to memory, and dropout masks are generated
 //! inside the loop from the shared hash.
-//!
-//! A mask factor read by several loops (augmented dropout's `F` in the forward
-//! loop, then in `B = F ⊙ G` for the saved input and for the gradient) is
-//! hashed by the first of them, which also writes its keep flags as a byte per
-//! element; the later ones read the bytes ([`FlagMemo`]). Two rounds of the
-//! hash on 4-lane vectors cost far more than a byte's traffic.
 
 use std::collections::HashMap;
 
@@ -32,40 +26,6 @@ pub(super) struct Group {
     pub(super) loads: HashMap<(BufRef, bool), ExprId>,
     /// Outputs written in place into an argument (SGD, running statistics).
     pub(super) in_place: Vec<(usize, ExprId)>,
-    /// Factors hashed here that later loops may read: (factor, buffer name).
-    flag_writes: Vec<(MaskFactor, String)>,
-}
-
-/// Which mask factors' keep flags are kept in memory, and where.
-pub(super) struct FlagMemo {
-    /// Mask nodes not lowered yet that read each factor.
-    remaining: HashMap<MaskFactor, usize>,
-    /// Byte buffers written so far, with the iteration space they cover.
-    stored: HashMap<MaskFactor, (BufRef, Dims)>,
-}
-
-impl FlagMemo {
-    pub(super) fn new(g: &dropjit_graph::Graph) -> Self {
-        let mut remaining = HashMap::new();
-        for id in g.ids() {
-            if let Op::Mask(spec) = &g.node(id).op {
-                for f in Lower::mask_factors(spec) {
-                    if f.threshold > 0 {
-                        *remaining.entry(f).or_insert(0) += 1;
-                    }
-                }
-            }
-        }
-        FlagMemo {
-            remaining,
-            stored: HashMap::new(),
-        }
-    }
-}
-
-/// Extent, in f32 units, of a byte buffer of `bytes` bytes.
-fn byte_extent(bytes: usize) -> usize {
-    bytes.div_ceil(4)
 }
 
 impl Group {
@@ -78,7 +38,6 @@ impl Group {
             args: Vec::new(),
             loads: HashMap::new(),
             in_place: Vec::new(),
-            flag_writes: Vec::new(),
         }
     }
 
@@ -195,11 +154,6 @@ impl Lower<'_> {
             Op::Mask(spec) => {
                 let x = self.operand(ins[0], false);
                 let factors = Self::mask_factors(spec);
-                for (f, sf) in factors.iter().zip(&spec.factors) {
-                    if f.threshold > 0 {
-                        self.use_flags(*f, &format!("{}.keep_{:?}", node.name, sf.stream));
-                    }
-                }
                 let scale = spec.scale() as f32;
                 self.gr().drop_mask(&factors, 0, scale, x)
             }
@@ -256,26 +210,6 @@ impl Lower<'_> {
         Ok(())
     }
 
-    /// A mask node of the open group reads factor `f`: from the bytes an
-    /// earlier loop stored, or by hashing it here (and storing it at flush if
-    /// a later loop reads it too).
-    fn use_flags(&mut self, f: MaskFactor, name: &str) {
-        if let Some(n) = self.flags.remaining.get_mut(&f) {
-            *n -= 1;
-        }
-        let g = self.group.as_mut().expect("open group");
-        if g.flag_writes.iter().any(|(w, _)| *w == f) {
-            return;
-        }
-        match self.flags.stored.get(&f) {
-            Some(&(buf, dims)) if dims == g.dims => {
-                let slot = g.slot(buf, byte_extent(dims.len()));
-                g.graph.read_flags(f, slot);
-            }
-            _ => g.flag_writes.push((f, name.to_string())),
-        }
-    }
-
     fn gr(&mut self) -> &mut ExprGraph {
         &mut self.group.as_mut().expect("open group").graph
     }
@@ -308,15 +242,6 @@ impl Lower<'_> {
         if outputs.is_empty() {
             return Ok(());
         }
-        let mut flag_outputs = Vec::new();
-        for (f, name) in std::mem::take(&mut g.flag_writes) {
-            if self.flags.remaining.get(&f).is_some_and(|&n| n > 0) {
-                let bytes = byte_extent(g.dims.len());
-                let b = self.temp(&name, bytes);
-                flag_outputs.push((g.slot(b, bytes), f));
-                self.flags.stored.insert(f, (b, g.dims));
-            }
-        }
         let names: Vec<String> = g
             .members
             .iter()
@@ -326,9 +251,6 @@ impl Lower<'_> {
         let mut k = ElementwiseKernel::new(&format!("k{func}"), &names.join(" "), g.dims, g.graph);
         for (slot, e) in outputs {
             k = k.output(slot, e);
-        }
-        for (slot, f) in flag_outputs {
-            k = k.flag_output(slot, f);
         }
         self.kernels.push(KernelDef::Elementwise(k));
         let args = g.args.iter().map(|(b, _)| *b).collect();

@@ -9,8 +9,7 @@
 //!   (bias, BatchNorm-apply, ReLU, dropout masks, add, ReLU gradient, the
 //!   running-statistics updates) fuse into one Cranelift loop nest; only
 //!   values read outside the run are written to memory. Masks are generated
-//!   inside the loops from the shared hash; a mask factor that later loops
-//!   read again is hashed once and kept as a byte per element (`fusion`).
+//!   inside the loops from the shared hash, never stored (`fusion`).
 //! - Per-channel statistics (BatchNorm, bias gradients) are Cranelift
 //!   reductions split by channel, so results do not depend on the thread
 //!   count; global average pooling is a Cranelift reduction over each plane
@@ -58,7 +57,7 @@ impl KernelDef {
     /// See [`ExprGraph::rebase_keys`]; kernels without masks return 0.
     fn rebase_keys(&mut self) -> u32 {
         match self {
-            KernelDef::Elementwise(k) => k.rebase_keys(),
+            KernelDef::Elementwise(k) => k.graph.rebase_keys(),
             KernelDef::Reduce(k) => k.graph.rebase_keys(),
             _ => 0,
         }
@@ -67,7 +66,7 @@ impl KernelDef {
     /// One past the largest key slot the kernel reads, relative to its base.
     pub fn key_slots(&self) -> u32 {
         match self {
-            KernelDef::Elementwise(k) => k.key_slots(),
+            KernelDef::Elementwise(k) => k.graph.key_slots(),
             KernelDef::Reduce(k) => k.graph.key_slots(),
             _ => 0,
         }
@@ -117,8 +116,6 @@ struct Lower<'g> {
     sgd: Vec<NodeId>,
     /// Instruction set of the convolution passes.
     isa: ConvIsa,
-    /// Mask factors' keep flags kept in memory between loops (`fusion`).
-    flags: fusion::FlagMemo,
 }
 
 pub fn lower_graph(
@@ -139,7 +136,6 @@ pub fn lower_graph(
         group: None,
         sgd: Vec::new(),
         isa,
-        flags: fusion::FlagMemo::new(g),
     };
     for id in g.ids() {
         l.node(id)?;
