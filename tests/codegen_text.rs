@@ -32,12 +32,25 @@ fn plans_of_both_models() {
         // on every machine (nothing runs).
         let plan = plan_text(&step(&g), 8, &StateLayout::new(&g), ConvIsa::Avx512).expect("plan");
         insta::assert_snapshot!(format!("{name}_step_plan"), plan);
-        // BatchNorm-apply, ReLU and the forward mask run as one loop.
+        // A mask read only by the next convolution (F ⊙ x) and its weight
+        // gradient (B ⊙ x) is applied as they prepare each image: the masked
+        // tensors are never stored.
+        let masked = |conv: &str| {
+            plan.lines().any(|l| {
+                l.contains("conv Forward")
+                    && l.contains("input masked as prepared (1 factor(s)")
+                    && l.contains(&format!("; {conv} "))
+            }) && plan.lines().any(|l| {
+                l.contains("conv GradWeight")
+                    && l.contains("input masked as prepared (2 factor(s)")
+                    && l.ends_with(&format!("; {conv}.grad_weight"))
+            })
+        };
         if name == "resnet20" {
-            assert!(
-                plan.contains("; layer1.0.bn1 layer1.0.relu1 layer1.0.drop\n"),
-                "{plan}"
-            );
+            assert!(!plan.contains(".saved"), "{plan}");
+            assert!(plan.contains("; layer1.0.bn1 layer1.0.relu1\n"), "{plan}");
+            assert!(masked("layer1.0.conv2"), "{plan}");
+            assert!(!plan.contains("layer1.0.drop\n"), "{plan}");
             // Mask and ReLU gradient fuse in the backward pass.
             assert!(
                 plan.contains("layer1.0.drop.grad_input layer1.0.relu1.grad_input"),
@@ -56,7 +69,9 @@ fn plans_of_both_models() {
             assert!(!plan.contains("; layer1.0.bn1.mean\n"), "{plan}");
             assert!(plan.contains("direct avx512"), "{plan}");
         } else {
-            assert!(plan.contains("; relu1 drop1\n"), "{plan}");
+            assert!(masked("conv2.conv"), "{plan}");
+            // drop2 and drop3 feed pooling: applied in the ReLU's loop.
+            assert!(plan.contains("; relu2 drop2\n"), "{plan}");
             // Each convolution adds its bias as it stores its output.
             for conv in ["conv1", "conv2", "conv3"] {
                 assert!(plan.contains(&format!("; {conv}.conv {conv}\n")), "{plan}");

@@ -193,8 +193,10 @@ pub fn compile(
         .launches
         .iter()
         .filter_map(|l| {
-            let (func, _) = kernel_range(&l.kind)?;
-            let used = lowered.kernels[func].key_slots();
+            let used = match &l.kind {
+                LaunchKind::Native(op) => op.key_slots(),
+                kind => lowered.kernels[kernel_range(kind)?.0].key_slots(),
+            };
             (used > 0).then_some((l.key_base + used) as usize)
         })
         .max()
@@ -445,7 +447,7 @@ fn emit_entry(
                 debug_assert!(calls[i].is_some(), "a boxed pass per conv launch");
                 let args = array(b, &addrs);
                 let op = entry_of(b, i);
-                b.ins().call(run_op, &[op, args, threads]);
+                b.ins().call(run_op, &[op, args, keys, threads]);
             }
         }
     }
@@ -495,9 +497,10 @@ fn spec(k: &KernelDef) -> &dyn KernelSpec {
 pub unsafe extern "C" fn dropjit_run_op(
     op: *const NativeOp,
     ptrs: *const *mut f32,
+    keys: *const u64,
     threads: usize,
 ) {
-    (*op).run(ptrs, threads)
+    (*op).run(ptrs, keys, threads)
 }
 
 impl CompiledGraph {
@@ -593,9 +596,12 @@ impl CompiledGraph {
                     }
                     LaunchKind::Gemm(d) => dropjit_sgemm(d, ptrs[0], ptrs[1], ptrs[2], threads),
                     // The same helper the generated entry calls, same pass.
-                    LaunchKind::Native(_) => {
-                        dropjit_run_op(self.table[li] as *const NativeOp, ptrs.as_ptr(), threads)
-                    }
+                    LaunchKind::Native(_) => dropjit_run_op(
+                        self.table[li] as *const NativeOp,
+                        ptrs.as_ptr(),
+                        keys.as_ptr(),
+                        threads,
+                    ),
                 }
             }
             if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {

@@ -94,13 +94,22 @@ impl NativeOp {
         }
     }
 
+    /// One past the largest mask key slot the op reads (0: none).
+    pub fn key_slots(&self) -> u32 {
+        match self {
+            NativeOp::Conv(c) => c.key_slots(),
+            NativeOp::MaxPool(_) => 0,
+        }
+    }
+
     /// # Safety
-    /// `ptrs` holds the buffers of [`NativeOp::extents`]; see each op's `run`.
-    pub unsafe fn run(&self, ptrs: *const *mut f32, threads: usize) {
+    /// `ptrs` holds the buffers of [`NativeOp::extents`], `keys` the step's
+    /// key table ([`NativeOp::key_slots`] at least); see each op's `run`.
+    pub unsafe fn run(&self, ptrs: *const *mut f32, keys: *const u64, threads: usize) {
         let args = self.extents().len();
         let ptrs = std::slice::from_raw_parts(ptrs, args);
         match self {
-            NativeOp::Conv(c) => c.run(ptrs, threads),
+            NativeOp::Conv(c) => c.run(ptrs, keys, threads),
             NativeOp::MaxPool(m) => m.run(ptrs, threads),
         }
     }

@@ -13,6 +13,7 @@ impl ConvLaunch {
         k: &direct::Kernels,
         pass: ConvPass,
         ptrs: &[*mut f32],
+        keys: usize,
         threads: usize,
     ) {
         let (g, co) = (&self.geom, self.out_channels);
@@ -69,7 +70,11 @@ impl ConvLaunch {
         };
         for_each_image(self.images, threads, &|n| {
             with_scratch(len, |buf| {
-                p.fill((src as *const f32).add(n * in_len), buf, k.lanes);
+                if pass == ConvPass::Forward {
+                    self.prepare_image(&p, src, n, keys, buf, k.lanes);
+                } else {
+                    p.fill((src as *const f32).add(n * in_len), buf, k.lanes);
+                }
                 (k.forward)(
                     &p,
                     buf,
@@ -88,6 +93,7 @@ impl ConvLaunch {
         &self,
         k: &direct::Kernels,
         ptrs: &[*mut f32],
+        keys: usize,
         threads: usize,
     ) {
         let (g, co) = (&self.geom, self.out_channels);
@@ -100,6 +106,7 @@ impl ConvLaunch {
         self.weight_grad_batches(
             k,
             ptrs,
+            keys,
             threads,
             dy_len,
             &|img, dst| {
@@ -121,6 +128,7 @@ impl ConvLaunch {
         &self,
         k: &direct::Kernels,
         ptrs: &[*mut f32],
+        keys: usize,
         threads: usize,
     ) {
         let (g, co) = (&self.geom, self.out_channels);
@@ -133,6 +141,7 @@ impl ConvLaunch {
         self.weight_grad_batches(
             k,
             ptrs,
+            keys,
             threads,
             dy_len,
             &|img, dst| {
@@ -165,17 +174,18 @@ impl ConvLaunch {
     /// every image's prepared input, then every image's gradient as
     /// `fill_dy(image, dst)` lays it out (`dy_len` each), then
     /// `kernel(images, inputs, input length, gradients, partial)`.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     unsafe fn weight_grad_batches(
         &self,
         k: &direct::Kernels,
         ptrs: &[*mut f32],
+        keys: usize,
         threads: usize,
         dy_len: usize,
         fill_dy: &(dyn Fn(usize, *mut f32) + Sync),
         kernel: &(dyn Fn(usize, *const f32, usize, *const f32, *mut f32) + Sync),
     ) {
-        let (g, p) = (&self.geom, self.prep());
+        let p = self.prep();
         let x_len = p.len(k.lanes);
         let per_batch = (WEIGHT_GRAD_BATCH_BYTES / (4 * (x_len + dy_len))).max(1);
         let x = ptrs[1] as usize;
@@ -186,8 +196,7 @@ impl ConvLaunch {
                 with_scratch(images * (x_len + dy_len), |buf| {
                     let dys = buf.add(images * x_len);
                     for i in 0..images {
-                        let x_img = (x as *const f32).add((n + i) * g.image_len());
-                        p.fill(x_img, buf.add(i * x_len), k.lanes);
+                        self.prepare_image(&p, x, n + i, keys, buf.add(i * x_len), k.lanes);
                         fill_dy(n + i, dys.add(i * dy_len));
                     }
                     kernel(images, buf, x_len, dys, partial);

@@ -17,6 +17,7 @@
 mod direct;
 mod direct_pass;
 mod im2col;
+mod input_mask;
 mod isa;
 mod peak;
 pub mod prep;
@@ -26,6 +27,7 @@ mod wgrad_lanes;
 
 use std::cell::RefCell;
 
+pub use input_mask::InputMask;
 pub use isa::{ConvIsa, ISA_ENV};
 pub use peak::fma_peak_gflops;
 use prep::Prep;
@@ -80,6 +82,9 @@ pub struct ConvLaunch {
     /// Direct weight gradient only: output channels in the vector lanes
     /// ([`wgrad_lanes`]) rather than output positions.
     pub weight_grad_lanes: bool,
+    /// Direct forward and weight-gradient passes only: a dropout mask
+    /// applied to the image input as each image is prepared.
+    pub input_mask: Option<InputMask>,
 }
 
 impl ConvLaunch {
@@ -114,6 +119,7 @@ impl ConvLaunch {
             bias: false,
             stats: false,
             weight_grad_lanes: false,
+            input_mask: None,
         };
         launch.weight_grad_lanes = match algo {
             ConvAlgo::Direct(isa) => direct::kernels(isa).is_some_and(|k| launch.lanes_pay_off(&k)),
@@ -127,6 +133,27 @@ impl ConvLaunch {
         assert_eq!(self.pass, ConvPass::Forward, "bias of a forward pass");
         self.bias = true;
         self
+    }
+
+    /// Whether the launch can mask its image input as it prepares it: direct
+    /// forward and weight-gradient passes.
+    pub fn can_mask_input(&self) -> bool {
+        matches!(self.algo, ConvAlgo::Direct(_)) && self.pass != ConvPass::GradInput
+    }
+
+    /// The pass that masks its image input (see [`InputMask`]).
+    pub fn with_input_mask(mut self, mask: InputMask) -> Self {
+        assert!(
+            self.can_mask_input(),
+            "only direct forward and weight-gradient passes mask their input"
+        );
+        self.input_mask = Some(mask);
+        self
+    }
+
+    /// One past the largest mask key slot the launch reads.
+    pub fn key_slots(&self) -> u32 {
+        self.input_mask.as_ref().map_or(0, |m| m.key_slots())
     }
 
     /// Index of the bias argument.
@@ -234,13 +261,21 @@ impl ConvLaunch {
             ConvAlgo::Direct(isa) => {
                 let p = self.prep();
                 format!(
-                    "direct {isa}, NCHW rows of {} in {} phase(s){}",
+                    "direct {isa}, NCHW rows of {} in {} phase(s){}{}",
                     p.row,
                     p.stride * p.stride,
                     if self.weight_grad_lanes {
                         ", output channels in lanes"
                     } else {
                         ""
+                    },
+                    match &self.input_mask {
+                        Some(m) => format!(
+                            ", input masked as prepared ({} factor(s), scale {})",
+                            m.factors.len(),
+                            m.scale
+                        ),
+                        None => String::new(),
                     }
                 )
             }
@@ -299,14 +334,15 @@ impl ConvLaunch {
     }
 
     /// Runs the pass on `ptrs` (`[in, in, out, scratch]`, see [`ConvPass`])
-    /// with up to `threads` threads.
+    /// with up to `threads` threads; `keys` is the step's mask key table.
     ///
     /// # Safety
     /// Each pointer holds the elements [`ConvLaunch::extents`] gives; the
     /// output and scratch overlap nothing else; for [`ConvAlgo::Direct`] the
-    /// CPU runs its instruction set.
-    pub unsafe fn run(&self, ptrs: &[*mut f32], threads: usize) {
-        self.run_pass(ptrs, threads);
+    /// CPU runs its instruction set; `keys` holds [`ConvLaunch::key_slots`]
+    /// keys.
+    pub unsafe fn run(&self, ptrs: &[*mut f32], keys: *const u64, threads: usize) {
+        self.run_pass(ptrs, keys, threads);
         if self.stats {
             let (co, plane) = (self.out_channels, self.geom.col_cols());
             stats::combine(
@@ -336,20 +372,51 @@ impl ConvLaunch {
         }
     }
 
-    unsafe fn run_pass(&self, ptrs: &[*mut f32], threads: usize) {
+    unsafe fn run_pass(&self, ptrs: &[*mut f32], keys: *const u64, threads: usize) {
+        let keys = keys as usize;
         match self.algo {
             ConvAlgo::Im2col => im2col::run(self, ptrs, threads),
             ConvAlgo::Direct(isa) => {
                 let k = direct::kernels(isa).expect("Direct launches have kernels");
                 match self.pass {
                     ConvPass::GradWeight if self.weight_grad_lanes => {
-                        self.direct_weight_grad_lanes(&k, ptrs, threads)
+                        self.direct_weight_grad_lanes(&k, ptrs, keys, threads)
                     }
-                    ConvPass::GradWeight => self.direct_weight_grad(&k, ptrs, threads),
-                    pass => self.direct_forward(&k, pass, ptrs, threads),
+                    ConvPass::GradWeight => self.direct_weight_grad(&k, ptrs, keys, threads),
+                    pass => self.direct_forward(&k, pass, ptrs, keys, threads),
                 }
             }
         }
+    }
+
+    /// Prepares image `n` of the image input `x` into `dst`, masking it
+    /// first where the launch has an [`InputMask`].
+    ///
+    /// # Safety
+    /// As [`ConvLaunch::run`]; `x` is the pass's image input, `dst` holds
+    /// `p.len(lanes)` elements.
+    pub(super) unsafe fn prepare_image(
+        &self,
+        p: &Prep,
+        x: usize,
+        n: usize,
+        keys: usize,
+        dst: *mut f32,
+        lanes: usize,
+    ) {
+        let len = self.geom.image_len();
+        let img = (x as *const f32).add(n * len);
+        let (Some(m), ConvAlgo::Direct(isa)) = (&self.input_mask, self.algo) else {
+            return p.fill(img, dst, lanes);
+        };
+        MASKED.with(|s| {
+            let mut v = s.borrow_mut();
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            m.apply(isa, keys as *const u64, img, n * len, len, v.as_mut_ptr());
+            p.fill(v.as_ptr(), dst, lanes);
+        })
     }
 
     /// Runs `group(first_image, end_image, partial)` for each fixed group of
@@ -390,6 +457,8 @@ thread_local! {
     /// Per-thread working memory of the convolution passes (prepared images,
     /// column matrices); grows to the largest request and stays.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One masked input image ([`ConvLaunch::prepare_image`]), beside `SCRATCH`.
+    static MASKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with `len` elements of this thread's scratch (contents undefined).

@@ -49,6 +49,12 @@ fn reference(
 const GUARD: usize = 64;
 
 fn run_pass(l: &ConvLaunch, a: &[f32], b: &[f32], threads: usize) -> Vec<f32> {
+    run_pass_keyed(l, a, b, threads, &[])
+}
+
+/// [`run_pass`] with the step's mask key table.
+fn run_pass_keyed(l: &ConvLaunch, a: &[f32], b: &[f32], threads: usize, keys: &[u64]) -> Vec<f32> {
+    assert!(keys.len() >= l.key_slots() as usize);
     let e = l.extents();
     let mut out = vec![f32::NAN; e[2] + GUARD];
     let mut scratch = vec![f32::NAN; e[3] + GUARD];
@@ -61,7 +67,7 @@ fn run_pass(l: &ConvLaunch, a: &[f32], b: &[f32], threads: usize) -> Vec<f32> {
         scratch.as_mut_ptr(),
     ];
     assert!(a.len() >= e[0] && b.len() >= e[1]);
-    unsafe { l.run(&ptrs, threads) };
+    unsafe { l.run(&ptrs, keys.as_ptr(), threads) };
     assert!(
         out[e[2]..]
             .iter()
@@ -136,6 +142,91 @@ fn every_pass_matches_the_interpreter_on_every_isa() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// A launch that masks its image input as it prepares it gives, bit for bit,
+/// what the same launch gives on the input masked by the definition
+/// (`x · scale` where both factors keep the flat index, else 0), for the
+/// forward pass and both weight-gradient kernels, at 1 and 3 threads.
+#[test]
+fn masked_input_equals_the_pass_on_the_masked_tensor() {
+    use dropjit_graph::mask;
+    let keys = [
+        0,
+        mask::mask_key(9, 4, 2, mask::Stream::F),
+        mask::mask_key(9, 4, 2, mask::Stream::G),
+    ];
+    let (pf, pg) = (0.3, 0.25);
+    let m = InputMask {
+        factors: vec![(1, mask::keep_threshold(pf)), (2, mask::keep_threshold(pg))],
+        scale: mask::keep_scale(&[pf, pg]) as f32,
+    };
+    for isa in ConvIsa::ALL.into_iter().filter(|i| i.available()) {
+        for (s, &(c, size, co, k, stride, pad, images)) in SHAPES.iter().enumerate() {
+            let g = ConvGeom::new(c, size, size, k, k, (stride, stride), (pad, pad));
+            let x = data(images * g.image_len(), 5 * s as u64);
+            let masked: Vec<f32> = x
+                .iter()
+                .enumerate()
+                .map(|(e, &v)| {
+                    let kept = m
+                        .factors
+                        .iter()
+                        .all(|&(key, t)| mask::is_kept(keys[key as usize], e as u32, t));
+                    if kept {
+                        v * m.scale
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let w = data(co * g.col_rows(), 5 * s as u64 + 1);
+            let dy = data(images * co * g.col_cols(), 5 * s as u64 + 2);
+            for (pass, lanes) in [
+                (ConvPass::Forward, false),
+                (ConvPass::GradWeight, false),
+                (ConvPass::GradWeight, true),
+            ] {
+                let mut plain = ConvLaunch::new(pass, g, images, co, isa);
+                if !plain.can_mask_input() {
+                    continue;
+                }
+                plain.weight_grad_lanes = lanes;
+                let with_mask = plain.clone().with_input_mask(m.clone());
+                assert_eq!(with_mask.key_slots(), 3);
+                let (a, b, am, bm) = match pass {
+                    ConvPass::Forward => (&masked, &w, &x, &w),
+                    _ => (&dy, &masked, &dy, &x),
+                };
+                let want = run_pass(&plain, a, b, 2);
+                for threads in [1, 3] {
+                    let got = run_pass_keyed(&with_mask, am, bm, threads, &keys);
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(g, w)| g.to_bits() == w.to_bits()),
+                        "{isa} {pass:?} (lanes {lanes}) shape {s} threads {threads}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn input_masks_only_on_direct_forward_and_weight_gradient_passes() {
+    let g = ConvGeom::new(4, 9, 9, 3, 3, (1, 1), (1, 1));
+    for isa in ConvIsa::ALL {
+        for pass in [ConvPass::Forward, ConvPass::GradInput, ConvPass::GradWeight] {
+            let l = ConvLaunch::new(pass, g, 2, 8, isa);
+            let direct = matches!(l.algo, ConvAlgo::Direct(_));
+            assert_eq!(
+                l.can_mask_input(),
+                direct && pass != ConvPass::GradInput,
+                "{isa} {pass:?}"
+            );
         }
     }
 }
@@ -290,7 +381,7 @@ fn conv_speed() {
                 let mut s = f64::INFINITY;
                 for _ in 0..8 {
                     let t0 = std::time::Instant::now();
-                    unsafe { l.run(&ptrs, threads) };
+                    unsafe { l.run(&ptrs, std::ptr::null(), threads) };
                     s = s.min(t0.elapsed().as_secs_f64());
                 }
                 line += &format!(" {pass:?}/{isa} {:.1}", flops / s / 1e9);
@@ -383,7 +474,7 @@ fn forward_with_bias_and_statistics_matches_its_definition() {
                 let mut ptrs = vec![x.as_ptr() as *mut f32, w.as_ptr() as *mut f32];
                 ptrs.extend(bufs.iter_mut().map(|b| b.as_mut_ptr()));
                 for threads in [1, 3] {
-                    unsafe { l.run(&ptrs, threads) };
+                    unsafe { l.run(&ptrs, std::ptr::null(), threads) };
                     let (y, mean, var) = (&bufs[0], &bufs[bufs.len() - 2], &bufs[bufs.len() - 1]);
                     for o in 0..co {
                         let b = if with_bias { bias[o] as f64 } else { 0.0 };

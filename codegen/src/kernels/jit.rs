@@ -93,7 +93,7 @@ pub enum Helper {
     Im2col,
     /// `gemm::dropjit_col2im(geom: *const ConvGeom, col, dx, n_images, n_threads)`
     Col2im,
-    /// `exec::dropjit_run_op(op: *const NativeOp, ptrs: *const *mut f32, n_threads)`:
+    /// `exec::dropjit_run_op(op: *const NativeOp, ptrs: *const *mut f32, keys: *const u64, n_threads)`:
     /// a convolution pass or max pooling.
     RunOp,
     /// `expf(x: f32) -> f32` (Rust's `f32::exp`, as the interpreter uses).
@@ -152,7 +152,7 @@ impl Helper {
         let (p, r): (Vec<Type>, Vec<Type>) = match self {
             Helper::ParallelFor => (vec![ptr, ptr, ptr, types::I64, ptr], vec![]),
             Helper::Sgemm | Helper::Im2col | Helper::Col2im => (vec![ptr; 5], vec![]),
-            Helper::RunOp => (vec![ptr; 3], vec![]),
+            Helper::RunOp => (vec![ptr; 4], vec![]),
             Helper::Expf | Helper::Logf => (vec![types::F32], vec![types::F32]),
         };
         let mut s = Signature::new(cc);

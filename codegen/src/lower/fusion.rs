@@ -115,6 +115,11 @@ impl Lower<'_> {
     }
 
     pub(super) fn fuse(&mut self, id: NodeId) -> Result<(), CodegenError> {
+        if let Some(m) = self.masked_input(id) {
+            // Applied by the convolutions that read it; see `masked_input`.
+            self.masked_inputs.insert(id, m);
+            return Ok(());
+        }
         let dims = self.space(id);
         if self.group.as_ref().is_some_and(|g| g.dims != dims) {
             self.flush()?;

@@ -4,7 +4,10 @@
 //!
 //! - Each convolution pass is one launch of the convolution engine
 //!   ([`crate::conv`]); linear layers are batched SGEMMs; max pooling is a
-//!   Rust launch ([`crate::maxpool`]) (`launches`).
+//!   Rust launch ([`crate::maxpool`]) (`launches`). A dropout mask read only
+//!   by direct convolutions as their image input (`F ⊙ x` into the next
+//!   convolution, `B ⊙ x` into its weight gradient) is applied as they
+//!   prepare each image and never stored (`launches::masked_input`).
 //! - Runs of consecutive elementwise nodes over the same iteration space
 //!   (bias, BatchNorm-apply, ReLU, dropout masks, add, ReLU gradient, the
 //!   running-statistics updates) fuse into one Cranelift loop nest; only
@@ -30,7 +33,7 @@ use dropjit_graph::interp::Nchw;
 use dropjit_graph::op::Op;
 use dropjit_graph::{Graph, NodeId, TensorType};
 
-use crate::conv::{ConvIsa, ConvPass};
+use crate::conv::{ConvIsa, ConvPass, InputMask};
 use crate::kernels::avg_pool::AvgPoolKernel;
 use crate::kernels::elementwise::ElementwiseKernel;
 use crate::kernels::expr::{BufId, Dims};
@@ -116,6 +119,9 @@ struct Lower<'g> {
     sgd: Vec<NodeId>,
     /// Instruction set of the convolution passes.
     isa: ConvIsa,
+    /// Mask nodes read only by convolutions that apply them as they prepare
+    /// each image (never stored): the masked value and the mask (`launches`).
+    masked_inputs: std::collections::HashMap<NodeId, (NodeId, InputMask)>,
 }
 
 pub fn lower_graph(
@@ -136,6 +142,7 @@ pub fn lower_graph(
         group: None,
         sgd: Vec::new(),
         isa,
+        masked_inputs: Default::default(),
     };
     for id in g.ids() {
         l.node(id)?;

@@ -1,0 +1,136 @@
+//! A dropout mask applied to a convolution's image input while each image is
+//! prepared, so the masked tensor (`F ⊙ x` for the forward pass, `B ⊙ x` for
+//! the weight gradient) is never written to memory and read back: augmented
+//! dropout's extra cost was that traffic, not the hashing.
+//!
+//! Element `e` of the whole input (`N·C·H·W`, flat) becomes `x[e] · scale`
+//! where every factor keeps index `e`, else `+0`: the interpreter's `Mask`
+//! node, bit for bit (same hash, same f32 product).
+
+use dropjit_graph::mask;
+
+use super::ConvIsa;
+
+/// The mask a launch applies to its image input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputMask {
+    /// Key slot in the step's key table and keep threshold of each factor
+    /// (`mask::keep_threshold`; only factors that drop something).
+    pub factors: Vec<(u32, i32)>,
+    /// `mask::keep_scale` of the factors' ratios, rounded to f32.
+    pub scale: f32,
+}
+
+impl InputMask {
+    /// One past the largest key slot read.
+    pub fn key_slots(&self) -> u32 {
+        self.factors.iter().map(|&(k, _)| k + 1).max().unwrap_or(0)
+    }
+
+    /// Writes the `len` masked elements of `src` starting at flat index
+    /// `first` into `dst`, hashing on the widest vectors `isa` has.
+    ///
+    /// # Safety
+    /// `keys` holds [`InputMask::key_slots`] keys, `src` and `dst` `len`
+    /// elements; `isa` runs on this CPU.
+    pub unsafe fn apply(
+        &self,
+        isa: ConvIsa,
+        keys: *const u64,
+        src: *const f32,
+        first: usize,
+        len: usize,
+        dst: *mut f32,
+    ) {
+        let factors: Vec<(u64, i32)> = self
+            .factors
+            .iter()
+            .map(|&(k, t)| (*keys.add(k as usize), t))
+            .collect();
+        let (src, dst) = (
+            std::slice::from_raw_parts(src, len),
+            std::slice::from_raw_parts_mut(dst, len),
+        );
+        let first = first as u32;
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            ConvIsa::Avx512 => apply_avx512(&factors, self.scale, src, first, dst),
+            #[cfg(target_arch = "x86_64")]
+            ConvIsa::Avx2 => apply_avx2(&factors, self.scale, src, first, dst),
+            _ => apply_any(&factors, self.scale, src, first, dst),
+        }
+    }
+}
+
+/// The masking loops, written so that they vectorise: the scaled copy, then
+/// one select per factor (no early exit across factors).
+#[inline(always)]
+fn apply_any(factors: &[(u64, i32)], scale: f32, src: &[f32], first: u32, dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = s * scale;
+    }
+    for &(key, threshold) in factors {
+        for (i, d) in dst.iter_mut().enumerate() {
+            let kept = mask::is_kept(key, first.wrapping_add(i as u32), threshold);
+            *d = if kept { *d } else { 0.0 };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn apply_avx512(factors: &[(u64, i32)], scale: f32, src: &[f32], first: u32, dst: &mut [f32]) {
+    apply_any(factors, scale, src, first, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn apply_avx2(factors: &[(u64, i32)], scale: f32, src: &[f32], first: u32, dst: &mut [f32]) {
+    apply_any(factors, scale, src, first, dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every instruction set this CPU runs gives the definition's values,
+    /// bit for bit, at any offset and length (vector bodies and tails).
+    #[test]
+    fn matches_the_definition_on_every_isa() {
+        let keys = [
+            mask::mask_key(4, 2, 3, mask::Stream::F),
+            mask::mask_key(4, 2, 3, mask::Stream::G),
+        ];
+        let (pf, pg) = (0.3, 0.6);
+        let m = InputMask {
+            factors: vec![(0, mask::keep_threshold(pf)), (1, mask::keep_threshold(pg))],
+            scale: mask::keep_scale(&[pf, pg]) as f32,
+        };
+        let src: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.37).collect();
+        for isa in ConvIsa::ALL.into_iter().filter(|i| i.available()) {
+            for (first, len) in [(0usize, 1000usize), (17, 1), (4093, 37), (1 << 20, 999)] {
+                let len = len.min(src.len());
+                let mut got = vec![f32::NAN; len];
+                unsafe {
+                    m.apply(
+                        isa,
+                        keys.as_ptr(),
+                        src.as_ptr(),
+                        first,
+                        len,
+                        got.as_mut_ptr(),
+                    )
+                };
+                for (i, g) in got.iter().enumerate() {
+                    let idx = (first + i) as u32;
+                    let kept = m
+                        .factors
+                        .iter()
+                        .all(|&(k, t)| mask::is_kept(keys[k as usize], idx, t));
+                    let want = if kept { src[i] * m.scale } else { 0.0 };
+                    assert_eq!(g.to_bits(), want.to_bits(), "{isa} first {first} i {i}");
+                }
+            }
+        }
+    }
+}
