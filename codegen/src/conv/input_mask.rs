@@ -42,11 +42,9 @@ impl InputMask {
         len: usize,
         dst: *mut f32,
     ) {
-        let factors: Vec<(u64, i32)> = self
-            .factors
-            .iter()
-            .map(|&(k, t)| (*keys.add(k as usize), t))
-            .collect();
+        // Called once per image on the training path: no allocation here.
+        let keys = std::slice::from_raw_parts(keys, self.key_slots() as usize);
+        let factors = &self.factors;
         let (src, dst) = (
             std::slice::from_raw_parts(src, len),
             std::slice::from_raw_parts_mut(dst, len),
@@ -54,10 +52,10 @@ impl InputMask {
         let first = first as u32;
         match isa {
             #[cfg(target_arch = "x86_64")]
-            ConvIsa::Avx512 => apply_avx512(&factors, self.scale, src, first, dst),
+            ConvIsa::Avx512 => apply_avx512(factors, keys, self.scale, src, first, dst),
             #[cfg(target_arch = "x86_64")]
-            ConvIsa::Avx2 => apply_avx2(&factors, self.scale, src, first, dst),
-            _ => apply_any(&factors, self.scale, src, first, dst),
+            ConvIsa::Avx2 => apply_avx2(factors, keys, self.scale, src, first, dst),
+            _ => apply_any(factors, keys, self.scale, src, first, dst),
         }
     }
 }
@@ -65,11 +63,19 @@ impl InputMask {
 /// The masking loops, written so that they vectorise: the scaled copy, then
 /// one select per factor (no early exit across factors).
 #[inline(always)]
-fn apply_any(factors: &[(u64, i32)], scale: f32, src: &[f32], first: u32, dst: &mut [f32]) {
+fn apply_any(
+    factors: &[(u32, i32)],
+    keys: &[u64],
+    scale: f32,
+    src: &[f32],
+    first: u32,
+    dst: &mut [f32],
+) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d = s * scale;
     }
-    for &(key, threshold) in factors {
+    for &(slot, threshold) in factors {
+        let key = keys[slot as usize];
         for (i, d) in dst.iter_mut().enumerate() {
             let kept = mask::is_kept(key, first.wrapping_add(i as u32), threshold);
             *d = if kept { *d } else { 0.0 };
@@ -79,14 +85,28 @@ fn apply_any(factors: &[(u64, i32)], scale: f32, src: &[f32], first: u32, dst: &
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn apply_avx512(factors: &[(u64, i32)], scale: f32, src: &[f32], first: u32, dst: &mut [f32]) {
-    apply_any(factors, scale, src, first, dst)
+fn apply_avx512(
+    factors: &[(u32, i32)],
+    keys: &[u64],
+    scale: f32,
+    src: &[f32],
+    first: u32,
+    dst: &mut [f32],
+) {
+    apply_any(factors, keys, scale, src, first, dst)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn apply_avx2(factors: &[(u64, i32)], scale: f32, src: &[f32], first: u32, dst: &mut [f32]) {
-    apply_any(factors, scale, src, first, dst)
+fn apply_avx2(
+    factors: &[(u32, i32)],
+    keys: &[u64],
+    scale: f32,
+    src: &[f32],
+    first: u32,
+    dst: &mut [f32],
+) {
+    apply_any(factors, keys, scale, src, first, dst)
 }
 
 #[cfg(test)]
