@@ -707,6 +707,7 @@ impl CompiledGraph {
             let g = &c.geom;
             let algo = match c.algo {
                 crate::conv::ConvAlgo::Direct(isa) => format!("direct {isa}"),
+                crate::conv::ConvAlgo::Winograd(isa) => format!("winograd {isa}"),
                 crate::conv::ConvAlgo::Im2col => "im2col".to_string(),
             };
             let name = format!("{} ({algo})", c.shape());

@@ -22,7 +22,7 @@ use super::simd::Simd;
 /// so within a run the loads differ by constant displacements: measured ~10 %
 /// faster than one offset per tap.
 #[inline(always)]
-unsafe fn forward_tile<S: Simd, const CB: usize, const PV: usize, const RUN: usize>(
+pub(super) unsafe fn forward_tile<S: Simd, const CB: usize, const PV: usize, const RUN: usize>(
     x: *const f32,
     rows: &[usize],
     w: *const f32,
@@ -268,6 +268,10 @@ pub struct Kernels {
     /// channel vectors its tiles hold.
     pub weight_grad_lanes: super::wgrad_lanes::Kernel,
     pub max_channel_vectors: usize,
+    /// Winograd F(2×2, 3×3): the input transform, then the products and the
+    /// output transform with the forward register tile.
+    pub winograd_input: super::winograd::InputKernel,
+    pub winograd_output: super::winograd::OutputKernel,
 }
 
 /// One instruction set's entry points: the generic kernels instantiated
@@ -340,6 +344,8 @@ pub fn kernels(isa: super::ConvIsa) -> Option<Kernels> {
             weight_grad: x86::weight_grad_avx512,
             weight_grad_lanes: super::wgrad_lanes::x86::avx512,
             max_channel_vectors: 4,
+            winograd_input: super::winograd::x86::input_avx512,
+            winograd_output: super::winograd::x86::output_avx512,
         }),
         #[cfg(target_arch = "x86_64")]
         super::ConvIsa::Avx2 => Some(Kernels {
@@ -349,6 +355,8 @@ pub fn kernels(isa: super::ConvIsa) -> Option<Kernels> {
             weight_grad: x86::weight_grad_avx2,
             weight_grad_lanes: super::wgrad_lanes::x86::avx2,
             max_channel_vectors: 2,
+            winograd_input: super::winograd::x86::input_avx2,
+            winograd_output: super::winograd::x86::output_avx2,
         }),
         _ => None,
     }

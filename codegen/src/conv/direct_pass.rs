@@ -4,6 +4,7 @@
 
 use super::prep;
 use super::wgrad_lanes;
+use super::winograd;
 use super::{direct, for_each_image, with_scratch, ConvLaunch, ConvPass, WEIGHT_GRAD_BATCH_BYTES};
 
 impl ConvLaunch {
@@ -86,6 +87,71 @@ impl ConvLaunch {
                 );
             });
             self.after_image(dst, scratch, n);
+        });
+    }
+
+    /// A Winograd forward or input-gradient pass: the transformed weights
+    /// packed once, then each group of images ([`winograd::Tiles::images`])
+    /// transformed, multiplied and transformed back on one thread.
+    pub(super) unsafe fn winograd_pass(&self, ptrs: &[*mut f32], keys: usize, threads: usize) {
+        let (t, k) = self.winograd_tiles();
+        let (g, cb) = (&self.geom, k.forward_block);
+        let packed = std::slice::from_raw_parts_mut(ptrs[3], t.packed_len(cb));
+        let w = ptrs[1] as *const f32;
+        // OIHW; the input gradient convolves with W[o, i] flipped, so its
+        // pair (output i, input o) reads W[o, i, 2 - ki, 2 - kj].
+        if self.pass == ConvPass::Forward {
+            winograd::pack_weights(
+                &t,
+                cb,
+                |o, i, ki, kj| *w.add(((o * g.c + i) * 3 + ki) * 3 + kj),
+                packed,
+            );
+        } else {
+            winograd::pack_weights(
+                &t,
+                cb,
+                |o, i, ki, kj| *w.add(((i * g.c + o) * 3 + 2 - ki) * 3 + 2 - kj),
+                packed,
+            );
+        }
+        let chans = t.channel_offsets();
+        let plane = t.h * t.w;
+        let (src, dst, u) = (ptrs[0] as usize, ptrs[2] as usize, packed.as_ptr() as usize);
+        let scratch = ptrs[3] as usize;
+        let bias = if self.bias {
+            ptrs[self.bias_arg()] as usize
+        } else {
+            0
+        };
+        let in_len = t.cin * plane;
+        for_each_image(self.images.div_ceil(t.images), threads, &|task| {
+            let first = task * t.images;
+            let count = t.images.min(self.images - first);
+            with_scratch(t.scratch(cb), |buf| {
+                for i in 0..count {
+                    if self.pass == ConvPass::Forward {
+                        self.with_image(src, first + i, keys, |img| {
+                            (k.winograd_input)(&t, img, i, buf)
+                        });
+                    } else {
+                        let img = (src as *const f32).add((first + i) * in_len);
+                        (k.winograd_input)(&t, img, i, buf);
+                    }
+                }
+                (k.winograd_output)(
+                    &t,
+                    &chans,
+                    count,
+                    u as *const f32,
+                    bias as *const f32,
+                    (dst as *mut f32).add(first * t.cout * plane),
+                    buf,
+                );
+            });
+            for n in first..first + count {
+                self.after_image(dst, scratch, n);
+            }
         });
     }
 

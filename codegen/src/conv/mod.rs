@@ -24,6 +24,7 @@ pub mod prep;
 mod simd;
 mod stats;
 mod wgrad_lanes;
+mod winograd;
 
 use std::cell::RefCell;
 
@@ -31,6 +32,7 @@ pub use input_mask::InputMask;
 pub use isa::{ConvIsa, ISA_ENV};
 pub use peak::fma_peak_gflops;
 use prep::Prep;
+pub use winograd::WINOGRAD_ENV;
 
 use crate::kernels::gemm::ConvGeom;
 use crate::kernels::parallel::global_pool;
@@ -60,6 +62,10 @@ pub enum ConvPass {
 pub enum ConvAlgo {
     /// Direct convolution with the micro-kernels of this instruction set.
     Direct(ConvIsa),
+    /// Winograd F(2×2, 3×3) ([`winograd`]) with this instruction set's
+    /// kernels: 3 × 3 stride-1 padding-1 forward and input-gradient passes
+    /// on even plane sizes.
+    Winograd(ConvIsa),
     /// im2col / col2im + matrixmultiply SGEMM.
     Im2col,
 }
@@ -105,10 +111,15 @@ impl ConvLaunch {
             && g.stride_h == g.stride_w
             && (pass != ConvPass::GradInput
                 || (g.stride_h == 1 && g.pad_h < g.kh && g.pad_w < g.kw));
-        let algo = if direct {
-            ConvAlgo::Direct(isa)
-        } else {
+        let lanes = direct::kernels(isa).map_or(1, |k| k.lanes);
+        let algo = if !direct {
             ConvAlgo::Im2col
+        } else if winograd::enabled()
+            && winograd::Tiles::new(pass, &geom, out_channels, lanes).is_some()
+        {
+            ConvAlgo::Winograd(isa)
+        } else {
+            ConvAlgo::Direct(isa)
         };
         let mut launch = ConvLaunch {
             pass,
@@ -123,7 +134,7 @@ impl ConvLaunch {
         };
         launch.weight_grad_lanes = match algo {
             ConvAlgo::Direct(isa) => direct::kernels(isa).is_some_and(|k| launch.lanes_pay_off(&k)),
-            ConvAlgo::Im2col => false,
+            ConvAlgo::Winograd(_) | ConvAlgo::Im2col => false,
         };
         launch
     }
@@ -136,16 +147,17 @@ impl ConvLaunch {
     }
 
     /// Whether the launch can mask its image input as it prepares it: direct
-    /// forward and weight-gradient passes.
+    /// and Winograd forward passes, direct weight-gradient passes.
     pub fn can_mask_input(&self) -> bool {
-        matches!(self.algo, ConvAlgo::Direct(_)) && self.pass != ConvPass::GradInput
+        matches!(self.algo, ConvAlgo::Direct(_) | ConvAlgo::Winograd(_))
+            && self.pass != ConvPass::GradInput
     }
 
     /// The pass that masks its image input (see [`InputMask`]).
     pub fn with_input_mask(mut self, mask: InputMask) -> Self {
         assert!(
             self.can_mask_input(),
-            "only direct forward and weight-gradient passes mask their input"
+            "only direct or Winograd forward and direct weight-gradient passes mask their input"
         );
         self.input_mask = Some(mask);
         self
@@ -205,6 +217,10 @@ impl ConvLaunch {
     fn main_scratch(&self) -> usize {
         match (self.pass, self.algo) {
             (ConvPass::GradWeight, _) => self.groups() * self.weight_len(),
+            (_, ConvAlgo::Winograd(_)) => {
+                let (t, k) = self.winograd_tiles();
+                t.packed_len(k.forward_block)
+            }
             (pass, ConvAlgo::Direct(isa)) => {
                 let block = direct::kernels(isa).map_or(1, |k| k.forward_block);
                 let (outs, taps) = self.packed_shape(pass);
@@ -269,18 +285,41 @@ impl ConvLaunch {
                     } else {
                         ""
                     },
-                    match &self.input_mask {
-                        Some(m) => format!(
-                            ", input masked as prepared ({} factor(s), scale {})",
-                            m.factors.len(),
-                            m.scale
-                        ),
-                        None => String::new(),
-                    }
+                    self.mask_text()
+                )
+            }
+            ConvAlgo::Winograd(isa) => {
+                let (t, _) = self.winograd_tiles();
+                format!(
+                    "winograd F(2x2,3x3) {isa}, NCHW, {} image(s) per task{}",
+                    t.images,
+                    self.mask_text()
                 )
             }
             ConvAlgo::Im2col => "im2col+sgemm portable".to_string(),
         }
+    }
+
+    fn mask_text(&self) -> String {
+        match &self.input_mask {
+            Some(m) => format!(
+                ", input masked as prepared ({} factor(s), scale {})",
+                m.factors.len(),
+                m.scale
+            ),
+            None => String::new(),
+        }
+    }
+
+    /// A Winograd launch's tiling and kernels.
+    fn winograd_tiles(&self) -> (winograd::Tiles, direct::Kernels) {
+        let ConvAlgo::Winograd(isa) = self.algo else {
+            panic!("winograd_tiles of a {:?} launch", self.algo)
+        };
+        let k = direct::kernels(isa).expect("Winograd launches have kernels");
+        let t = winograd::Tiles::new(self.pass, &self.geom, self.out_channels, k.lanes)
+            .expect("Winograd launches have a tiling");
+        (t, k)
     }
 
     /// Whether a direct weight gradient puts output channels in the lanes
@@ -376,6 +415,7 @@ impl ConvLaunch {
         let keys = keys as usize;
         match self.algo {
             ConvAlgo::Im2col => im2col::run(self, ptrs, threads),
+            ConvAlgo::Winograd(_) => self.winograd_pass(ptrs, keys, threads),
             ConvAlgo::Direct(isa) => {
                 let k = direct::kernels(isa).expect("Direct launches have kernels");
                 match self.pass {
@@ -404,10 +444,27 @@ impl ConvLaunch {
         dst: *mut f32,
         lanes: usize,
     ) {
+        self.with_image(x, n, keys, |img| p.fill(img, dst, lanes))
+    }
+
+    /// Runs `f` on image `n` of the image input `x`, masked first into a
+    /// per-thread buffer where the launch has an [`InputMask`].
+    ///
+    /// # Safety
+    /// As [`ConvLaunch::prepare_image`].
+    pub(super) unsafe fn with_image(
+        &self,
+        x: usize,
+        n: usize,
+        keys: usize,
+        f: impl FnOnce(*const f32),
+    ) {
         let len = self.geom.image_len();
         let img = (x as *const f32).add(n * len);
-        let (Some(m), ConvAlgo::Direct(isa)) = (&self.input_mask, self.algo) else {
-            return p.fill(img, dst, lanes);
+        let (Some(m), ConvAlgo::Direct(isa) | ConvAlgo::Winograd(isa)) =
+            (&self.input_mask, self.algo)
+        else {
+            return f(img);
         };
         MASKED.with(|s| {
             let mut v = s.borrow_mut();
@@ -415,7 +472,7 @@ impl ConvLaunch {
                 v.resize(len, 0.0);
             }
             m.apply(isa, keys as *const u64, img, n * len, len, v.as_mut_ptr());
-            p.fill(v.as_ptr(), dst, lanes);
+            f(v.as_ptr());
         })
     }
 

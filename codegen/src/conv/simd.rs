@@ -15,6 +15,7 @@ pub trait Simd: Copy {
     unsafe fn loadu(p: *const f32) -> Self::V;
     unsafe fn storeu(p: *mut f32, v: Self::V);
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
     /// `a * b + c`, fused.
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// Sum of the lanes in a fixed order.
@@ -24,6 +25,13 @@ pub trait Simd: Copy {
     /// Stores lanes `from..to` of `v` at `base + lane`; the other lanes'
     /// addresses are not touched (so `base` itself may lie outside the buffer).
     unsafe fn store_lanes(base: *mut f32, v: Self::V, from: usize, to: usize);
+    /// Lanes `from..to` loaded from `base + lane`, the others zero; the
+    /// other lanes' addresses are not read.
+    unsafe fn load_lanes(base: *const f32, from: usize, to: usize) -> Self::V;
+    /// The even and the odd elements of the `2L` elements `a ‖ b`.
+    unsafe fn deinterleave(a: Self::V, b: Self::V) -> (Self::V, Self::V);
+    /// `a0 b0 a1 b1 …`: the first `L` elements, then the next `L`.
+    unsafe fn interleave(a: Self::V, b: Self::V) -> (Self::V, Self::V);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -55,6 +63,10 @@ impl Simd for Avx512 {
         _mm512_add_ps(a, b)
     }
     #[inline(always)]
+    unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+        _mm512_sub_ps(a, b)
+    }
+    #[inline(always)]
     unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
         _mm512_fmadd_ps(a, b, c)
     }
@@ -73,6 +85,30 @@ impl Simd for Avx512 {
     unsafe fn store_lanes(base: *mut f32, v: __m512, from: usize, to: usize) {
         let mask = ((1u32 << to) - (1u32 << from)) as u16;
         _mm512_mask_storeu_ps(base, mask, v)
+    }
+    #[inline(always)]
+    unsafe fn load_lanes(base: *const f32, from: usize, to: usize) -> __m512 {
+        let mask = ((1u32 << to) - (1u32 << from)) as u16;
+        _mm512_maskz_loadu_ps(mask, base)
+    }
+    #[inline(always)]
+    unsafe fn deinterleave(a: __m512, b: __m512) -> (__m512, __m512) {
+        // Index bit 4 picks `b`.
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        (
+            _mm512_permutex2var_ps(a, even, b),
+            _mm512_permutex2var_ps(a, odd, b),
+        )
+    }
+    #[inline(always)]
+    unsafe fn interleave(a: __m512, b: __m512) -> (__m512, __m512) {
+        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        (
+            _mm512_permutex2var_ps(a, lo, b),
+            _mm512_permutex2var_ps(a, hi, b),
+        )
     }
 }
 
@@ -105,6 +141,10 @@ impl Simd for Avx2 {
         _mm256_add_ps(a, b)
     }
     #[inline(always)]
+    unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+        _mm256_sub_ps(a, b)
+    }
+    #[inline(always)]
     unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
         _mm256_fmadd_ps(a, b, c)
     }
@@ -125,5 +165,33 @@ impl Simd for Avx2 {
         let lo = _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(from as i32 - 1));
         let hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(to as i32), lane);
         _mm256_maskstore_ps(base, _mm256_and_si256(lo, hi), v)
+    }
+    #[inline(always)]
+    unsafe fn load_lanes(base: *const f32, from: usize, to: usize) -> __m256 {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let lo = _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(from as i32 - 1));
+        let hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(to as i32), lane);
+        _mm256_maskload_ps(base, _mm256_and_si256(lo, hi))
+    }
+    #[inline(always)]
+    unsafe fn deinterleave(a: __m256, b: __m256) -> (__m256, __m256) {
+        // Per 128-bit half `a0 a2 b0 b2 | a4 a6 b4 b6`, then the 64-bit
+        // pairs put in order.
+        let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+        let o = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+        let order = |v: __m256| {
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+        };
+        (order(e), order(o))
+    }
+    #[inline(always)]
+    unsafe fn interleave(a: __m256, b: __m256) -> (__m256, __m256) {
+        // `a0 b0 a1 b1 | a4 b4 a5 b5` and `a2 b2 a3 b3 | a6 b6 a7 b7`.
+        let u = _mm256_unpacklo_ps(a, b);
+        let v = _mm256_unpackhi_ps(a, b);
+        (
+            _mm256_permute2f128_ps::<0x20>(u, v),
+            _mm256_permute2f128_ps::<0x31>(u, v),
+        )
     }
 }

@@ -97,6 +97,12 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (4, 5, 6, 3, 2, 2, 1),
     (16, 9, 32, 3, 1, 1, 3),
     (3, 7, 5, 5, 2, 1, 19),
+    // Winograd forward and input gradient on x86 (even planes, 3 x 3 s1 p1,
+    // 8 or more input channels): one vector of tiles per image and a
+    // partial last group; two vectors; whole rows of tiles per vector.
+    (8, 8, 9, 3, 1, 1, 7),
+    (17, 16, 8, 3, 1, 1, 3),
+    (9, 32, 33, 3, 1, 1, 2),
 ];
 
 #[test]
@@ -234,7 +240,12 @@ fn input_masks_only_on_direct_forward_and_weight_gradient_passes() {
 #[test]
 fn passes_are_bit_identical_at_any_thread_count() {
     for isa in ConvIsa::ALL.into_iter().filter(|i| i.available()) {
-        for &(c, size, co, k, stride, pad) in &[(16, 9, 32, 3, 1, 1), (3, 7, 5, 5, 2, 1)] {
+        // The third is Winograd's on x86 (groups of 6 or 3 images).
+        for &(c, size, co, k, stride, pad) in &[
+            (16, 9, 32, 3, 1, 1),
+            (3, 7, 5, 5, 2, 1),
+            (16, 8, 32, 3, 1, 1),
+        ] {
             let images = 37;
             let g = ConvGeom::new(c, size, size, k, k, (stride, stride), (pad, pad));
             let x = data(images * g.image_len(), 7);
@@ -265,7 +276,7 @@ fn passes_are_bit_identical_at_any_thread_count() {
 
 #[test]
 fn direct_is_chosen_where_the_kernels_cover_the_geometry() {
-    let g = ConvGeom::new(16, 8, 8, 3, 3, (1, 1), (1, 1));
+    let g = ConvGeom::new(16, 9, 9, 3, 3, (1, 1), (1, 1));
     for pass in [ConvPass::Forward, ConvPass::GradInput, ConvPass::GradWeight] {
         for isa in [ConvIsa::Avx512, ConvIsa::Avx2] {
             let want = if cfg!(target_arch = "x86_64") {
@@ -284,6 +295,73 @@ fn direct_is_chosen_where_the_kernels_cover_the_geometry() {
     let g = ConvGeom::new(2, 4, 4, 1, 1, (1, 1), (1, 1));
     assert_eq!(
         ConvLaunch::new(ConvPass::GradInput, g, 1, 2, ConvIsa::Avx2).algo,
+        ConvAlgo::Im2col
+    );
+}
+
+/// Winograd takes the forward and input-gradient passes of 3 x 3, stride-1,
+/// padding-1 layers on even planes whose rows of tiles split evenly into
+/// vectors and that have 8 or more input channels; everything else stays
+/// direct (or im2col).
+#[test]
+fn winograd_is_chosen_where_its_tiles_fit() {
+    if !cfg!(target_arch = "x86_64") || !winograd::enabled() {
+        return;
+    }
+    let algo = |pass, (c, h, w, k, stride, pad), co, isa| {
+        let g = ConvGeom::new(c, h, w, k, k, (stride, stride), (pad, pad));
+        ConvLaunch::new(pass, g, 4, co, isa).algo
+    };
+    for isa in [ConvIsa::Avx512, ConvIsa::Avx2] {
+        for shape in [
+            (16, 32, 32, 3, 1, 1),
+            (32, 16, 16, 3, 1, 1),
+            (64, 8, 8, 3, 1, 1),
+            (8, 8, 16, 3, 1, 1),
+        ] {
+            assert_eq!(
+                algo(ConvPass::Forward, shape, 16, isa),
+                ConvAlgo::Winograd(isa),
+                "{shape:?}"
+            );
+            assert_eq!(
+                algo(ConvPass::GradInput, shape, 16, isa),
+                ConvAlgo::Winograd(isa),
+                "{shape:?}"
+            );
+            assert_eq!(
+                algo(ConvPass::GradWeight, shape, 16, isa),
+                ConvAlgo::Direct(isa),
+                "{shape:?}"
+            );
+        }
+        for shape in [
+            (16, 9, 9, 3, 1, 1),   // odd plane
+            (16, 32, 32, 3, 2, 1), // stride 2
+            (16, 32, 32, 5, 1, 2), // 5 x 5
+            (16, 32, 32, 3, 1, 0), // padding 0
+            (16, 12, 12, 3, 1, 1), // 6 tiles a row: neither divides the lanes
+            (3, 32, 32, 3, 1, 1),  // 3 input channels
+        ] {
+            assert_eq!(
+                algo(ConvPass::Forward, shape, 16, isa),
+                ConvAlgo::Direct(isa),
+                "{shape:?}"
+            );
+        }
+        // The input gradient's input channels are the layer's outputs.
+        assert_eq!(
+            algo(ConvPass::GradInput, (16, 8, 8, 3, 1, 1), 3, isa),
+            ConvAlgo::Direct(isa)
+        );
+    }
+    assert_eq!(
+        algo(
+            ConvPass::Forward,
+            (16, 32, 32, 3, 1, 1),
+            16,
+            ConvIsa::Portable
+        ),
         ConvAlgo::Im2col
     );
 }
@@ -509,5 +587,73 @@ fn forward_with_bias_and_statistics_matches_its_definition() {
                 }
             }
         }
+    }
+}
+
+/// The Winograd kernels alone on one task's images in cache: the input
+/// transform, and the products with the output transform, timed apart.
+/// `DROPJIT_ISA=avx512 cargo test --release -p dropjit-codegen
+/// winograd_kernels_in_cache -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn winograd_kernels_in_cache() {
+    let isa = ConvIsa::selected().expect("DROPJIT_ISA");
+    let k = direct::kernels(isa).expect("a vector isa");
+    for &(c, size, co) in &[(16, 32, 16), (32, 16, 32), (64, 8, 64)] {
+        let g = ConvGeom::new(c, size, size, 3, 3, (1, 1), (1, 1));
+        let t = winograd::Tiles::new(ConvPass::Forward, &g, co, k.lanes).expect("tiles");
+        let x = data(t.images * g.image_len(), 1);
+        let mut u = vec![0f32; t.packed_len(k.forward_block)];
+        let w = data(co * g.col_rows(), 2);
+        winograd::pack_weights(
+            &t,
+            k.forward_block,
+            |o, i, ki, kj| w[((o * c + i) * 3 + ki) * 3 + kj],
+            &mut u,
+        );
+        let mut scratch = vec![0f32; t.scratch(k.forward_block)];
+        let mut y = vec![0f32; t.images * co * g.col_cols()];
+        let chans = t.channel_offsets();
+        let reps = 200;
+        let (mut ti, mut to) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..5 {
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                for i in 0..t.images {
+                    unsafe {
+                        (k.winograd_input)(
+                            &t,
+                            x.as_ptr().add(i * g.image_len()),
+                            i,
+                            scratch.as_mut_ptr(),
+                        )
+                    };
+                }
+            }
+            ti = ti.min(t0.elapsed().as_secs_f64());
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                unsafe {
+                    (k.winograd_output)(
+                        &t,
+                        &chans,
+                        t.images,
+                        u.as_ptr(),
+                        std::ptr::null(),
+                        y.as_mut_ptr(),
+                        scratch.as_mut_ptr(),
+                    )
+                };
+            }
+            to = to.min(t0.elapsed().as_secs_f64());
+        }
+        let per = |s: f64| s / (reps * t.images) as f64 * 1e6;
+        let direct_flops = 2.0 * (co * g.col_rows() * g.col_cols() * reps * t.images) as f64;
+        eprintln!(
+            "{c}x{size}->{co}: input {:.1} us/image, products+output {:.1} us/image; {:.1} direct-equivalent GFLOP/s",
+            per(ti),
+            per(to),
+            direct_flops / (ti + to) / 1e9
+        );
     }
 }
