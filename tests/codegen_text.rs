@@ -68,6 +68,35 @@ fn plans_of_both_models() {
             );
             assert!(!plan.contains("; layer1.0.bn1.mean\n"), "{plan}");
             assert!(plan.contains("direct avx512"), "{plan}");
+            // The 3x3 stride-1 layers' forward and input-gradient passes run
+            // Winograd; weight gradients, stride-2 layers and the 3-channel
+            // first layer stay direct.
+            let pass = |prefix: &str, algo: &str| {
+                plan.lines().any(|l| l.contains(prefix) && l.contains(algo))
+            };
+            assert!(
+                pass(
+                    "conv Forward 16x32x32 -> 16 k3 s1",
+                    "winograd F(2x2,3x3) avx512"
+                ),
+                "{plan}"
+            );
+            assert!(
+                pass(
+                    "conv GradInput 64x8x8 -> 64 k3 s1",
+                    "winograd F(2x2,3x3) avx512"
+                ),
+                "{plan}"
+            );
+            assert!(
+                pass("conv Forward 3x32x32 -> 16", "direct avx512"),
+                "{plan}"
+            );
+            assert!(
+                pass("conv Forward 16x32x32 -> 32 k3 s2", "direct avx512"),
+                "{plan}"
+            );
+            assert!(!pass("conv GradWeight", "winograd"), "{plan}");
         } else {
             assert!(masked("conv2.conv"), "{plan}");
             // drop2 and drop3 feed pooling: applied in the ReLU's loop.

@@ -547,3 +547,61 @@ fn memory_limit_applies_at_the_batch_actually_used() {
         "compile", "--graph", resnet, "--emit", "plan", "--batch", "128",
     ]));
 }
+
+/// `bench --profile` names each convolution's algorithm, and marks the
+/// Winograd launches' rates as effective (counted in a direct convolution's
+/// multiply-adds); `DROPJIT_WINOGRAD=off` keeps every launch direct.
+#[test]
+fn bench_profile_names_the_convolution_algorithms() {
+    #[cfg(target_arch = "x86_64")]
+    let vector =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let vector = false;
+    let args = [
+        "bench",
+        "--graph",
+        "models/resnet20.json",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--profile",
+    ];
+    let out = run_dropjit(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = |shape: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(shape))
+            .unwrap_or_else(|| panic!("no {shape} line in:\n{text}"))
+            .to_string()
+    };
+    let layer = line("Forward 16x32x32 -> 16 k3 s1 p1");
+    if vector {
+        assert!(
+            layer.contains("(winograd ") && layer.ends_with("(effective)"),
+            "{layer}"
+        );
+        let first = line("Forward 3x32x32 -> 16 k3 s1 p1");
+        assert!(
+            first.contains("(direct ") && !first.contains("effective"),
+            "{first}"
+        );
+    } else {
+        assert!(layer.contains("(im2col)"), "{layer}");
+    }
+    let off = Command::new(env!("CARGO_BIN_EXE_dropjit"))
+        .args(args)
+        .current_dir(repo_root())
+        .env("DROPJIT_WINOGRAD", "off")
+        .output()
+        .expect("run the dropjit binary");
+    assert!(off.status.success());
+    let text = String::from_utf8_lossy(&off.stdout);
+    assert!(!text.contains("winograd"), "{text}");
+}

@@ -602,7 +602,11 @@ fn winograd_kernels_in_cache() {
     for &(c, size, co) in &[(16, 32, 16), (32, 16, 32), (64, 8, 64)] {
         let g = ConvGeom::new(c, size, size, 3, 3, (1, 1), (1, 1));
         let t = winograd::Tiles::new(ConvPass::Forward, &g, co, k.lanes).expect("tiles");
-        let x = data(t.images * g.image_len(), 1);
+        // STREAM=1: a different image each time, from 128 (out of cache).
+        let stream = std::env::var("STREAM").is_ok();
+        let pool = if stream { 128 } else { t.images };
+        let x = data(pool * g.image_len(), 1);
+        let mut next = 0;
         let mut u = vec![0f32; t.packed_len(k.forward_block)];
         let w = data(co * g.col_rows(), 2);
         winograd::pack_weights(
@@ -620,10 +624,11 @@ fn winograd_kernels_in_cache() {
             let t0 = std::time::Instant::now();
             for _ in 0..reps {
                 for i in 0..t.images {
+                    next = (next + 1) % pool;
                     unsafe {
                         (k.winograd_input)(
                             &t,
-                            x.as_ptr().add(i * g.image_len()),
+                            x.as_ptr().add(next * g.image_len()),
                             i,
                             scratch.as_mut_ptr(),
                         )
