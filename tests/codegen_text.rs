@@ -99,6 +99,15 @@ fn plans_of_both_models() {
             assert!(!pass("conv GradWeight", "winograd"), "{plan}");
         } else {
             assert!(masked("conv2.conv"), "{plan}");
+            // conv2 and conv3 (32 input channels, 5x5 "same") run F(2x2, 5x5)
+            // forward and input-gradient passes; conv1 (3 channels) is direct.
+            let winograd = |prefix: &str| {
+                plan.lines()
+                    .any(|l| l.contains(prefix) && l.contains("winograd F(2x2,5x5) avx512"))
+            };
+            assert!(winograd("conv Forward 32x16x16 -> 32 k5"), "{plan}");
+            assert!(winograd("conv GradInput 32x8x8 -> 64 k5"), "{plan}");
+            assert!(!winograd("conv Forward 3x32x32"), "{plan}");
             // drop2 and drop3 feed pooling: applied in the ReLU's loop.
             assert!(plan.contains("; relu2 drop2\n"), "{plan}");
             // Each convolution adds its bias as it stores its output.

@@ -99,19 +99,20 @@ impl ConvLaunch {
         let packed = std::slice::from_raw_parts_mut(ptrs[3], t.packed_len(cb));
         let w = ptrs[1] as *const f32;
         // OIHW; the input gradient convolves with W[o, i] flipped, so its
-        // pair (output i, input o) reads W[o, i, 2 - ki, 2 - kj].
+        // pair (output i, input o) reads W[o, i, r - 1 - ki, r - 1 - kj].
+        let r = g.kh;
         if self.pass == ConvPass::Forward {
             winograd::pack_weights(
                 &t,
                 cb,
-                |o, i, ki, kj| *w.add(((o * g.c + i) * 3 + ki) * 3 + kj),
+                |o, i, ki, kj| *w.add(((o * g.c + i) * r + ki) * r + kj),
                 packed,
             );
         } else {
             winograd::pack_weights(
                 &t,
                 cb,
-                |o, i, ki, kj| *w.add(((i * g.c + o) * 3 + 2 - ki) * 3 + 2 - kj),
+                |o, i, ki, kj| *w.add(((i * g.c + o) * r + r - 1 - ki) * r + r - 1 - kj),
                 packed,
             );
         }

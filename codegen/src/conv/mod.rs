@@ -290,8 +290,9 @@ impl ConvLaunch {
             }
             ConvAlgo::Winograd(isa) => {
                 let (t, _) = self.winograd_tiles();
+                let r = t.n - 1;
                 format!(
-                    "winograd F(2x2,3x3) {isa}, NCHW, {} image(s) per task{}",
+                    "winograd F(2x2,{r}x{r}) {isa}, NCHW, {} image(s) per task{}",
                     t.images,
                     self.mask_text()
                 )

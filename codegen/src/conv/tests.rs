@@ -103,6 +103,9 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (8, 8, 9, 3, 1, 1, 7),
     (17, 16, 8, 3, 1, 1, 3),
     (9, 32, 33, 3, 1, 1, 2),
+    // And F(2x2, 5x5) (padding 2).
+    (8, 8, 9, 5, 1, 2, 5),
+    (33, 16, 8, 5, 1, 2, 2),
 ];
 
 #[test]
@@ -138,8 +141,17 @@ fn every_pass_matches_the_interpreter_on_every_isa() {
                     ConvPass::GradWeight => images * g.col_cols(),
                     _ => g.col_rows().max(co * k * k),
                 } as f64;
+                // F(2x2, 5x5)'s transforms (coefficients up to 5, sixths and
+                // 24ths) leave ~6x the error of a direct sum: measured in a
+                // float64 simulation of 32-channel tiles, mean 2.1e-5 against
+                // 3.6e-6 on outputs of magnitude ~9.
+                let looser = if matches!(l.algo, ConvAlgo::Winograd(_)) && k == 5 {
+                    8.0
+                } else {
+                    1.0
+                };
                 for (j, (&gv, &wv)) in got.iter().zip(&want[i]).enumerate() {
-                    let tol = 1e-6 * terms.sqrt() * (1.0 + wv.abs()) * 4.0;
+                    let tol = 1e-6 * terms.sqrt() * (1.0 + wv.abs()) * 4.0 * looser;
                     assert!(
                         gv.is_finite() && (gv as f64 - wv).abs() <= tol,
                         "{isa} {:?} {pass:?} (channels in lanes: {lanes}) c{c} size {size} co{co} \
@@ -299,8 +311,8 @@ fn direct_is_chosen_where_the_kernels_cover_the_geometry() {
     );
 }
 
-/// Winograd takes the forward and input-gradient passes of 3 x 3, stride-1,
-/// padding-1 layers on even planes whose rows of tiles split evenly into
+/// Winograd takes the forward and input-gradient passes of 3 x 3 and 5 x 5,
+/// stride-1 "same" layers (padding 1 and 2) on even planes whose rows of tiles split evenly into
 /// vectors and that have 8 or more input channels; everything else stays
 /// direct (or im2col).
 #[test]
@@ -318,6 +330,8 @@ fn winograd_is_chosen_where_its_tiles_fit() {
             (32, 16, 16, 3, 1, 1),
             (64, 8, 8, 3, 1, 1),
             (8, 8, 16, 3, 1, 1),
+            (32, 16, 16, 5, 1, 2),
+            (32, 8, 8, 5, 1, 2),
         ] {
             assert_eq!(
                 algo(ConvPass::Forward, shape, 16, isa),
@@ -338,7 +352,8 @@ fn winograd_is_chosen_where_its_tiles_fit() {
         for shape in [
             (16, 9, 9, 3, 1, 1),   // odd plane
             (16, 32, 32, 3, 2, 1), // stride 2
-            (16, 32, 32, 5, 1, 2), // 5 x 5
+            (16, 32, 32, 5, 1, 1), // 5 x 5 without "same" padding
+            (16, 32, 32, 1, 1, 0), // 1 x 1
             (16, 32, 32, 3, 1, 0), // padding 0
             (16, 12, 12, 3, 1, 1), // 6 tiles a row: neither divides the lanes
             (3, 32, 32, 3, 1, 1),  // 3 input channels
@@ -446,8 +461,16 @@ fn conv_speed() {
             (ConvPass::GradInput, &dy, &w),
             (ConvPass::GradWeight, &dy, &x),
         ] {
-            for isa in [isa, ConvIsa::Portable] {
-                let l = ConvLaunch::new(pass, g, images, co, isa);
+            let chosen = ConvLaunch::new(pass, g, images, co, isa);
+            // Winograd launches are timed against the direct kernels too.
+            let mut variants = vec![chosen.clone()];
+            if matches!(chosen.algo, ConvAlgo::Winograd(_)) {
+                let mut direct = chosen.clone();
+                direct.algo = ConvAlgo::Direct(isa);
+                variants.push(direct);
+            }
+            variants.push(ConvLaunch::new(pass, g, images, co, ConvIsa::Portable));
+            for l in variants {
                 let e = l.extents();
                 let (mut out, mut scratch) = (vec![0f32; e[2]], vec![0f32; e[3]]);
                 let ptrs = [
@@ -462,7 +485,12 @@ fn conv_speed() {
                     unsafe { l.run(&ptrs, std::ptr::null(), threads) };
                     s = s.min(t0.elapsed().as_secs_f64());
                 }
-                line += &format!(" {pass:?}/{isa} {:.1}", flops / s / 1e9);
+                let algo = match l.algo {
+                    ConvAlgo::Winograd(isa) => format!("winograd-{isa}"),
+                    ConvAlgo::Direct(isa) => isa.to_string(),
+                    ConvAlgo::Im2col => "portable".to_string(),
+                };
+                line += &format!(" {pass:?}/{algo} {:.1}", flops / s / 1e9);
             }
         }
         eprintln!("{line}");
@@ -599,8 +627,14 @@ fn forward_with_bias_and_statistics_matches_its_definition() {
 fn winograd_kernels_in_cache() {
     let isa = ConvIsa::selected().expect("DROPJIT_ISA");
     let k = direct::kernels(isa).expect("a vector isa");
-    for &(c, size, co) in &[(16, 32, 16), (32, 16, 32), (64, 8, 64)] {
-        let g = ConvGeom::new(c, size, size, 3, 3, (1, 1), (1, 1));
+    for &(c, size, co, r) in &[
+        (16, 32, 16, 3),
+        (32, 16, 32, 3),
+        (64, 8, 64, 3),
+        (32, 16, 32, 5),
+        (32, 8, 64, 5),
+    ] {
+        let g = ConvGeom::new(c, size, size, r, r, (1, 1), (r / 2, r / 2));
         let t = winograd::Tiles::new(ConvPass::Forward, &g, co, k.lanes).expect("tiles");
         // STREAM=1: a different image each time, from 128 (out of cache).
         let stream = std::env::var("STREAM").is_ok();
@@ -612,7 +646,7 @@ fn winograd_kernels_in_cache() {
         winograd::pack_weights(
             &t,
             k.forward_block,
-            |o, i, ki, kj| w[((o * c + i) * 3 + ki) * 3 + kj],
+            |o, i, ki, kj| w[((o * c + i) * r + ki) * r + kj],
             &mut u,
         );
         let mut scratch = vec![0f32; t.scratch(k.forward_block)];
@@ -655,7 +689,7 @@ fn winograd_kernels_in_cache() {
         let per = |s: f64| s / (reps * t.images) as f64 * 1e6;
         let direct_flops = 2.0 * (co * g.col_rows() * g.col_cols() * reps * t.images) as f64;
         eprintln!(
-            "{c}x{size}->{co}: input {:.1} us/image, products+output {:.1} us/image; {:.1} direct-equivalent GFLOP/s",
+            "{c}x{size}->{co} k{r}: input {:.1} us/image, products+output {:.1} us/image; {:.1} direct-equivalent GFLOP/s",
             per(ti),
             per(to),
             direct_flops / (ti + to) / 1e9

@@ -1,22 +1,26 @@
-//! Winograd F(2×2, 3×3) (Lavin & Gray, CVPR 2016) for the 3 × 3, stride-1,
-//! padding-1 convolutions of the forward and input-gradient passes: each
-//! 2 × 2 output tile comes from its 4 × 4 input tile with 16 products per
-//! channel pair instead of 36, 2.25× fewer multiplications than the direct
+//! Winograd F(2×2, 3×3) and F(2×2, 5×5) (Lavin & Gray, CVPR 2016) for the
+//! stride-1 "same" convolutions (3 × 3 padding 1, 5 × 5 padding 2) of the
+//! forward and input-gradient passes: each 2 × 2 output tile comes from its
+//! n × n input tile (n = 4 or 6) with n² products per channel pair instead of
+//! 4 r², 2.25× (3 × 3) or 2.78× (5 × 5) fewer multiplications than the direct
 //! kernels.
 //!
 //! Per group of images (one task, one thread):
 //! 1. input transform `V = Bᵀ d B` of every tile, tiles in the vector lanes:
 //!    per input row, the row transform on its even and odd columns (a vector
-//!    deinterleave), kept by row parity so that the rows `2ty … 2ty + 3` of
-//!    consecutive tiles are consecutive; then the column transform. Stored
-//!    `V[ξ][channel][tile]` for the 16 positions ξ of a tile.
-//! 2. per block of output channels, the 16 products `M[ξ] = U[ξ] · V[ξ]` with
-//!    the direct kernels' register tile; `U = G g Gᵀ` is packed once per launch.
+//!    deinterleave), kept by row parity so that the rows `2ty … 2ty + n - 1`
+//!    of consecutive tiles are consecutive; then the column transform. Stored
+//!    `V[ξ][channel][tile]` for the n² positions ξ of a tile.
+//! 2. per position ξ and block of output channels, the products
+//!    `M[ξ] = U[ξ] · V[ξ]` with the direct kernels' register tile; the
+//!    weights' transform `U = G g Gᵀ` is packed once per launch.
 //! 3. output transform `Y = Aᵀ M A`; a tile's two columns are interleaved back
 //!    into output rows.
 //!
-//! Every output element is the same sequence of operations whichever group or
-//! thread computes it, so steps stay bit-identical at any thread count.
+//! The matrices are the Toom-Cook ones for the points 0, ±1 (and ±2 for 5 ×
+//! 5), and ∞, with `Bᵀ` scaled to integers. Every output element is the same
+//! sequence of operations whichever group or thread computes it, so steps
+//! stay bit-identical at any thread count.
 
 use super::direct::forward_tile;
 use super::simd::Simd;
@@ -26,6 +30,73 @@ use crate::kernels::gemm::ConvGeom;
 /// Environment variable that turns the Winograd passes off (`off` or `0`),
 /// for measuring them against the direct kernels.
 pub const WINOGRAD_ENV: &str = "DROPJIT_WINOGRAD";
+
+/// `G` of F(2×2, 3×3) (n = 4, in the corner of the array both variants
+/// share) and of F(2×2, 5×5) (n = 6: points 0, 1, -1, 2, -2, ∞). `Bᵀ` and
+/// `Aᵀ` are written out in [`bt`] and [`at`].
+const G4: [[f64; 5]; 6] = [
+    [1.0, 0.0, 0.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5, 0.0, 0.0],
+    [0.5, -0.5, 0.5, 0.0, 0.0],
+    [0.0, 0.0, 1.0, 0.0, 0.0],
+    [0.0; 5],
+    [0.0; 5],
+];
+const G6: [[f64; 5]; 6] = [
+    [1.0 / 4.0, 0.0, 0.0, 0.0, 0.0],
+    [1.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0],
+    [1.0 / 6.0, -1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0, 1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0, 1.0 / 3.0, 2.0 / 3.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0, -1.0 / 3.0, 2.0 / 3.0],
+    [0.0, 0.0, 0.0, 0.0, 1.0],
+];
+
+/// `out = Bᵀ d` for one row or column of a tile (`d.len()` is n).
+/// n = 4: `Bᵀ = [[1,0,-1,0], [0,1,1,0], [0,-1,1,0], [0,1,0,-1]]`;
+/// n = 6: `[[4,0,-5,0,1,0], [0,4,4,-1,-1,0], [0,-4,4,1,-1,0],
+/// [0,-2,-1,2,1,0], [0,2,-1,-2,1,0], [0,4,0,-5,0,1]]`.
+#[inline(always)]
+unsafe fn bt<S: Simd>(d: &[S::V], out: &mut [S::V]) {
+    if d.len() == 4 {
+        out[0] = S::sub(d[0], d[2]);
+        out[1] = S::add(d[1], d[2]);
+        out[2] = S::sub(d[2], d[1]);
+        out[3] = S::sub(d[1], d[3]);
+        return;
+    }
+    let (two, four, minus5) = (S::splat(2.0), S::splat(4.0), S::splat(-5.0));
+    out[0] = S::fma(four, d[0], S::fma(minus5, d[2], d[4]));
+    out[1] = S::sub(S::mul(four, S::add(d[1], d[2])), S::add(d[3], d[4]));
+    out[2] = S::fma(four, S::sub(d[2], d[1]), S::sub(d[3], d[4]));
+    out[3] = S::fma(two, S::sub(d[3], d[1]), S::sub(d[4], d[2]));
+    out[4] = S::fma(two, S::sub(d[1], d[3]), S::sub(d[4], d[2]));
+    out[5] = S::fma(four, d[1], S::fma(minus5, d[3], d[5]));
+}
+
+/// `Aᵀ m` for one row or column of a tile's products (`m.len()` is n).
+/// n = 4: `Aᵀ = [[1,1,1,0], [0,1,-1,-1]]`; n = 6: `[[1,1,1,1,1,0],
+/// [0,1,-1,2,-2,1]]`.
+#[inline(always)]
+unsafe fn at<S: Simd>(m: &[S::V]) -> [S::V; 2] {
+    if m.len() == 4 {
+        return [
+            S::add(S::add(m[0], m[1]), m[2]),
+            S::sub(S::sub(m[1], m[2]), m[3]),
+        ];
+    }
+    [
+        S::add(S::add(S::add(m[1], m[2]), S::add(m[3], m[4])), m[0]),
+        S::fma(
+            S::splat(2.0),
+            S::sub(m[3], m[4]),
+            S::add(S::sub(m[1], m[2]), m[5]),
+        ),
+    ]
+}
+
+/// Bytes of transformed inputs and products a task may hold (Zen 4 has
+/// 1 MiB of L2 per core).
+const TASK_BYTES: usize = 1 << 20;
 
 /// Fewer input channels than this stay direct: the products' reduction is
 /// over the input channels, and a short one is dominated by the stores.
@@ -44,6 +115,8 @@ pub fn enabled() -> bool {
 /// output gradient with the flipped, transposed weights).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiles {
+    /// Input tile size: 4 for 3 × 3 kernels, 6 for 5 × 5.
+    pub n: usize,
     pub cin: usize,
     pub cout: usize,
     pub h: usize,
@@ -71,10 +144,11 @@ impl Tiles {
             ConvPass::GradInput => (out_channels, g.c),
             ConvPass::GradWeight => return None,
         };
-        let square3 = g.kh == 3 && g.kw == 3 && g.stride_h == 1 && g.stride_w == 1;
-        if !square3
-            || g.pad_h != 1
-            || g.pad_w != 1
+        let r = g.kh;
+        let same = (r == 3 || r == 5) && g.kw == r && g.pad_h == r / 2 && g.pad_w == r / 2;
+        if !same
+            || g.stride_h != 1
+            || g.stride_w != 1
             || !g.h.is_multiple_of(2)
             || !g.w.is_multiple_of(2)
         {
@@ -85,19 +159,25 @@ impl Tiles {
         if !rows_fit || !per_image.is_multiple_of(lanes) || cin < MIN_INPUT_CHANNELS {
             return None;
         }
-        let vectors = per_image / lanes;
+        let (n, vectors) = (r + 1, per_image / lanes);
+        // Images per task: whole register tiles of 6 vectors where one
+        // image has fewer, as long as V and M stay within the L2 cache.
+        let for_vectors = if vectors >= 6 {
+            1
+        } else {
+            6usize.div_ceil(vectors)
+        };
+        let image_bytes = 4 * n * n * (cin + cout.next_multiple_of(4)) * per_image;
+        let images = for_vectors.min((TASK_BYTES / image_bytes).max(1));
         Some(Tiles {
+            n,
             cin,
             cout,
             h: g.h,
             w: g.w,
             per_row,
             per_image,
-            images: if vectors >= 6 {
-                1
-            } else {
-                6usize.div_ceil(vectors)
-            },
+            images,
             lanes,
         })
     }
@@ -107,13 +187,24 @@ impl Tiles {
         self.images * self.per_image
     }
 
-    /// One row-transform array: `h/2 + 1` rows of tiles, and a vector of slack.
+    /// Positions per tile (16 or 36).
+    pub fn positions(&self) -> usize {
+        self.n * self.n
+    }
+
+    /// Zero rows (and columns) around the plane.
+    fn pad(&self) -> usize {
+        (self.n - 2) / 2
+    }
+
+    /// One row-transform array: the padded rows of one parity (`h/2 + n/2 -
+    /// 1`), a row of tiles each, and a vector of slack.
     fn r_len(&self) -> usize {
-        (self.h / 2 + 1) * self.per_row + self.lanes
+        (self.h / 2 + self.n / 2 - 1) * self.per_row + self.lanes
     }
 
     /// Distance between the positions ξ of `V`: one cache line more than
-    /// its rows, because the transforms touch all 16 positions at once and
+    /// its rows, because the transforms touch all positions at once and
     /// 16 streams a power of two apart (16 KiB on ResNet-20's planes) fall
     /// into one set of the L1 cache (measured: the input transform took
     /// 29 µs an image instead of ~4).
@@ -127,17 +218,17 @@ impl Tiles {
     }
 
     fn v_len(&self) -> usize {
-        16 * self.v_stride()
+        self.positions() * self.v_stride()
     }
 
     /// Per-thread scratch of a task with `cb` output channels per block.
     pub fn scratch(&self, cb: usize) -> usize {
-        8 * self.r_len() + self.v_len() + 16 * self.m_stride(cb)
+        2 * self.n * self.r_len() + self.v_len() + self.positions() * self.m_stride(cb)
     }
 
     /// Elements of the packed transformed weights.
     pub fn packed_len(&self, cb: usize) -> usize {
-        self.cout.next_multiple_of(cb) * 16 * self.cin
+        self.cout.next_multiple_of(cb) * self.positions() * self.cin
     }
 
     /// Offsets of the input channels' rows in `V[ξ]`.
@@ -146,19 +237,10 @@ impl Tiles {
     }
 }
 
-/// `G r` for one column of a 3 × 3 kernel.
-fn g_rows(r: [f32; 3]) -> [f32; 4] {
-    [
-        r[0],
-        0.5 * (r[0] + r[1] + r[2]),
-        0.5 * (r[0] - r[1] + r[2]),
-        r[2],
-    ]
-}
-
-/// Writes `U = G g Gᵀ` of every (output, input) channel pair into `dst`,
-/// packed `[block of cb outputs][ξ][input][cb]`, zero past the last output;
-/// `weight(o, i, ki, kj)` reads the 3 × 3 kernel of the pair.
+/// `U = G g Gᵀ` of every (output, input) channel pair, packed
+/// `[block of cb outputs][ξ][input][cb]` into `dst`, zero past the last
+/// output; `weight(o, i, ki, kj)` reads the r × r kernel of the pair. In f64,
+/// rounded once (G holds sixths and 24ths for 5 × 5).
 pub fn pack_weights(
     t: &Tiles,
     cb: usize,
@@ -166,33 +248,54 @@ pub fn pack_weights(
     dst: &mut [f32],
 ) {
     assert_eq!(dst.len(), t.packed_len(cb));
-    for (block, packed) in dst.chunks_exact_mut(16 * t.cin * cb).enumerate() {
+    let (n, r) = (t.n, t.n - 1);
+    let g = if n == 4 { &G4 } else { &G6 };
+    let positions = t.positions();
+    for (block, packed) in dst.chunks_exact_mut(positions * t.cin * cb).enumerate() {
         for c in 0..cb {
             let o = block * cb + c;
             for i in 0..t.cin {
-                let u = if o < t.cout {
-                    // G g: the columns' transforms, then each row's.
-                    let cols: [[f32; 4]; 3] = std::array::from_fn(|kj| {
-                        g_rows(std::array::from_fn(|ki| weight(o, i, ki, kj)))
-                    });
-                    let u: [[f32; 4]; 4] =
-                        std::array::from_fn(|k| g_rows(std::array::from_fn(|kj| cols[kj][k])));
-                    u
-                } else {
-                    [[0.0; 4]; 4]
-                };
-                for (xi, &v) in u.iter().flatten().enumerate() {
-                    packed[(xi * t.cin + i) * cb + c] = v;
+                let mut u = [[0f64; 6]; 6];
+                if o < t.cout {
+                    // G g (n × r), then (G g) Gᵀ.
+                    let mut gg = [[0f64; 5]; 6];
+                    for (a, row) in gg.iter_mut().enumerate().take(n) {
+                        for (kj, v) in row.iter_mut().enumerate().take(r) {
+                            *v = (0..r)
+                                .map(|ki| g[a][ki] * weight(o, i, ki, kj) as f64)
+                                .sum();
+                        }
+                    }
+                    for a in 0..n {
+                        for b in 0..n {
+                            u[a][b] = (0..r).map(|kj| gg[a][kj] * g[b][kj]).sum();
+                        }
+                    }
+                }
+                for a in 0..n {
+                    for b in 0..n {
+                        packed[((a * n + b) * t.cin + i) * cb + c] = u[a][b] as f32;
+                    }
                 }
             }
         }
     }
 }
 
-/// Scratch layout of a task: `[R: 8 arrays][V][M]`.
+/// Scratch layout of a task: `[R: 2n arrays][V][M]`.
 fn regions(t: &Tiles, scratch: *mut f32) -> (*mut f32, *mut f32, *mut f32) {
-    let v = scratch.wrapping_add(8 * t.r_len());
+    let v = scratch.wrapping_add(2 * t.n * t.r_len());
     (scratch, v, v.wrapping_add(t.v_len()))
+}
+
+/// Elements `i … i + L` of a row `src` of `w` elements padded by `pad`
+/// zeros on each side (`padded[i] = src[i - pad]`), the padding's lanes
+/// masked off rather than read.
+#[inline(always)]
+unsafe fn padded_row<S: Simd>(src: *const f32, w: usize, pad: usize, i: usize) -> S::V {
+    let from = pad.saturating_sub(i).min(S::L);
+    let to = (w + pad).saturating_sub(i).min(S::L);
+    S::load_lanes(src.wrapping_add(i).wrapping_sub(pad), from, to.max(from))
 }
 
 /// Input transform of one image (`cin` planes of `h × w`) into slot `slot`
@@ -203,64 +306,79 @@ fn regions(t: &Tiles, scratch: *mut f32) -> (*mut f32, *mut f32, *mut f32) {
 /// elements; the CPU runs `S`.
 #[inline(always)]
 pub unsafe fn input_image<S: Simd>(t: &Tiles, img: *const f32, slot: usize, scratch: *mut f32) {
-    let (h, w, tpr) = (t.h, t.w, t.per_row);
-    let (tpad, r_len) = (t.tpad(), t.r_len());
+    if t.n == 4 {
+        input_tiles::<S, 4>(t, img, slot, scratch)
+    } else {
+        input_tiles::<S, 6>(t, img, slot, scratch)
+    }
+}
+
+#[inline(always)]
+unsafe fn input_tiles<S: Simd, const N: usize>(
+    t: &Tiles,
+    img: *const f32,
+    slot: usize,
+    scratch: *mut f32,
+) {
+    let (h, w, tpr, pad) = (t.h, t.w, t.per_row, t.pad());
+    let (tpad, r_len, v_stride) = (t.tpad(), t.r_len(), t.v_stride());
     let (r, v, _) = regions(t, scratch);
     let row_vectors = tpr.div_ceil(S::L);
     for ci in 0..t.cin {
         let plane = img.add(ci * h * w);
-        // Padded row y (y = 0 and h + 1 are the zero padding): its row
+        // Padded row y (the first and last `pad` rows are zero): its row
         // transform, kept by parity, at row y / 2 of `R[parity][j]`. With fewer
         // tiles per row than lanes, a store spills into the next row of the
         // same parity, which is written after it (or into the slack).
-        for y in 0..h + 2 {
-            let at = |j: usize| r.add(((y % 2) * 4 + j) * r_len + y / 2 * tpr);
-            if y == 0 || y == h + 1 {
-                for j in 0..4 {
+        for y in 0..h + 2 * pad {
+            let at = |j: usize| r.add(((y % 2) * N + j) * r_len + y / 2 * tpr);
+            if y < pad || y >= h + pad {
+                for j in 0..N {
                     for k in 0..row_vectors {
                         S::storeu(at(j).add(k * S::L), S::zero());
                     }
                 }
                 continue;
             }
-            // padded[i] = src[i - 1] for 1 <= i <= w, else zero: loaded
-            // straight from the plane with the padding's lanes masked off
-            // (a copy into a padded row stalled every load on the store
+            // padded[i] = src[i - pad] for pad <= i < w + pad, else zero:
+            // loaded straight from the plane with the padding's lanes masked
+            // off (a copy into a padded row stalled every load on the store
             // it overlaps).
-            let src = plane.add((y - 1) * w);
-            let padded = |i: usize| {
-                let (from, to) = (
-                    1usize.saturating_sub(i).min(S::L),
-                    (w + 1).saturating_sub(i).min(S::L),
-                );
-                S::load_lanes(src.wrapping_add(i).wrapping_sub(1), from, to.max(from))
-            };
+            let src = plane.add((y - pad) * w);
             for k in 0..row_vectors {
                 // d_j = padded[2 tx + j] for the tiles tx of this vector.
                 let i = 2 * k * S::L;
-                let (d0, d1) = S::deinterleave(padded(i), padded(i + S::L));
-                let (d2, d3) = S::deinterleave(padded(i + 2), padded(i + 2 + S::L));
-                let q = k * S::L;
-                S::storeu(at(0).add(q), S::sub(d0, d2));
-                S::storeu(at(1).add(q), S::add(d1, d2));
-                S::storeu(at(2).add(q), S::sub(d2, d1));
-                S::storeu(at(3).add(q), S::sub(d1, d3));
+                let mut d = [S::zero(); N];
+                for pair in 0..N / 2 {
+                    let at = i + 2 * pair;
+                    let (even, odd) = S::deinterleave(
+                        padded_row::<S>(src, w, pad, at),
+                        padded_row::<S>(src, w, pad, at + S::L),
+                    );
+                    d[2 * pair] = even;
+                    d[2 * pair + 1] = odd;
+                }
+                let mut rows = [S::zero(); N];
+                bt::<S>(&d, &mut rows);
+                for (j, &row) in rows.iter().enumerate() {
+                    S::storeu(at(j).add(k * S::L), row);
+                }
             }
         }
-        // Column transform: rows 2ty, 2ty + 1, 2ty + 2, 2ty + 3 of tile
-        // ty·tpr + tx sit at R[even][tile], R[odd][tile], and one row of
-        // tiles further.
+        // Column transform: row 2ty + k of tile ty·tpr + tx sits at
+        // R[k % 2][tile] plus k / 2 rows of tiles.
         let dst = v.add(ci * tpad + slot * t.per_image);
         for q in (0..t.per_image).step_by(S::L) {
-            for j in 0..4 {
-                let (even, odd) = (r.add(j * r_len + q), r.add((4 + j) * r_len + q));
-                let (a0, a1) = (S::loadu(even), S::loadu(odd));
-                let (a2, a3) = (S::loadu(even.add(tpr)), S::loadu(odd.add(tpr)));
-                let at = |i: usize| dst.add((i * 4 + j) * t.v_stride() + q);
-                S::storeu(at(0), S::sub(a0, a2));
-                S::storeu(at(1), S::add(a1, a2));
-                S::storeu(at(2), S::sub(a2, a1));
-                S::storeu(at(3), S::sub(a1, a3));
+            for j in 0..N {
+                let mut col = [S::zero(); N];
+                for (k, c) in col.iter_mut().enumerate() {
+                    *c = S::loadu(r.add(((k % 2) * N + j) * r_len + q + k / 2 * tpr));
+                }
+                let mut out = [S::zero(); N];
+                bt::<S>(&col, &mut out);
+                for (i, &o) in out.iter().enumerate() {
+                    S::storeu(dst.add((i * N + j) * v_stride + q), o);
+                }
             }
         }
     }
@@ -290,10 +408,11 @@ pub unsafe fn products_and_output<S: Simd, const CB: usize, const PV: usize>(
     let plane = t.h * t.w;
     // Position by position, every output block: `V[ξ]` stays in the L1 cache
     // while the blocks read it.
-    for xi in 0..16 {
+    let positions = t.positions();
+    for xi in 0..positions {
         let vx = v.add(xi * t.v_stride());
         for o0 in (0..t.cout).step_by(CB) {
-            let w = u.add((o0 / CB * 16 + xi) * t.cin * CB);
+            let w = u.add((o0 / CB * positions + xi) * t.cin * CB);
             let mx = m.add(xi * t.m_stride(CB) + o0 * tpad);
             let mut q = 0;
             while q + PV <= nvec {
@@ -318,7 +437,11 @@ pub unsafe fn products_and_output<S: Simd, const CB: usize, const PV: usize>(
             let dst = out.add((img * t.cout + o) * plane);
             let mo = m.add(o * tpad + img * t.per_image);
             for q in (0..t.per_image).step_by(S::L) {
-                output_vector::<S>(t, mo.add(q), t.m_stride(CB), b, dst, q);
+                if t.n == 4 {
+                    output_vector::<S, 4>(t, mo.add(q), t.m_stride(CB), b, dst, q);
+                } else {
+                    output_vector::<S, 6>(t, mo.add(q), t.m_stride(CB), b, dst, q);
+                }
             }
         }
     }
@@ -347,7 +470,7 @@ unsafe fn product_block<S: Simd, const CB: usize, const PV: usize>(
 /// (`m` at its first product, the 16 products `xi_stride` apart), stored
 /// into the plane `dst`.
 #[inline(always)]
-unsafe fn output_vector<S: Simd>(
+unsafe fn output_vector<S: Simd, const N: usize>(
     t: &Tiles,
     m: *const f32,
     xi_stride: usize,
@@ -355,18 +478,22 @@ unsafe fn output_vector<S: Simd>(
     dst: *mut f32,
     q: usize,
 ) {
-    let at = |i: usize, j: usize| S::loadu(m.add((i * 4 + j) * xi_stride));
-    // Aᵀ over the rows i of each column j.
-    let col = |j: usize| {
-        let (m0, m1, m2, m3) = (at(0, j), at(1, j), at(2, j), at(3, j));
-        (S::add(S::add(m0, m1), m2), S::sub(S::sub(m1, m2), m3))
-    };
-    let cols = [col(0), col(1), col(2), col(3)];
-    let s = [cols.map(|c| c.0), cols.map(|c| c.1)];
+    // Aᵀ over the rows i of each column j, then over the columns. Plain
+    // loops, no closures: a closure is not compiled for the caller's
+    // instruction set, and where it is not inlined (n = 6) every vector
+    // operation in it became a call.
+    let (mut first, mut second) = ([S::zero(); N], [S::zero(); N]);
+    for (j, (c0, c1)) in first.iter_mut().zip(second.iter_mut()).enumerate() {
+        let mut col = [S::zero(); N];
+        for (i, c) in col.iter_mut().enumerate() {
+            *c = S::loadu(m.add((i * N + j) * xi_stride));
+        }
+        [*c0, *c1] = at::<S>(&col);
+    }
+    let cols = [first, second];
     let (ty, tx) = (q / t.per_row, q % t.per_row);
-    for (a, s) in s.iter().enumerate() {
-        let mut y0 = S::add(S::add(s[0], s[1]), s[2]);
-        let mut y1 = S::sub(S::sub(s[1], s[2]), s[3]);
+    for (a, row) in cols.iter().enumerate() {
+        let [mut y0, mut y1] = at::<S>(row);
         if let Some(b) = bias {
             y0 = S::add(y0, b);
             y1 = S::add(y1, b);
