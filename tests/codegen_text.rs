@@ -69,8 +69,8 @@ fn plans_of_both_models() {
             assert!(!plan.contains("; layer1.0.bn1.mean\n"), "{plan}");
             assert!(plan.contains("direct avx512"), "{plan}");
             // The 3x3 stride-1 layers' forward and input-gradient passes run
-            // Winograd; weight gradients, stride-2 layers and the 3-channel
-            // first layer stay direct.
+            // Winograd (the first layer's too: 16 outputs); weight gradients
+            // and the stride-2 layers stay direct.
             let pass = |prefix: &str, algo: &str| {
                 plan.lines().any(|l| l.contains(prefix) && l.contains(algo))
             };
@@ -89,7 +89,7 @@ fn plans_of_both_models() {
                 "{plan}"
             );
             assert!(
-                pass("conv Forward 3x32x32 -> 16", "direct avx512"),
+                pass("conv Forward 3x32x32 -> 16", "winograd F(2x2,3x3) avx512"),
                 "{plan}"
             );
             assert!(
@@ -99,15 +99,21 @@ fn plans_of_both_models() {
             assert!(!pass("conv GradWeight", "winograd"), "{plan}");
         } else {
             assert!(masked("conv2.conv"), "{plan}");
-            // conv2 and conv3 (32 input channels, 5x5 "same") run F(2x2, 5x5)
-            // forward and input-gradient passes; conv1 (3 channels) is direct.
+            // The three 5x5 "same" layers run F(2x2, 5x5) forward passes, and
+            // conv2's and conv3's input gradients; weight gradients stay direct.
             let winograd = |prefix: &str| {
                 plan.lines()
                     .any(|l| l.contains(prefix) && l.contains("winograd F(2x2,5x5) avx512"))
             };
             assert!(winograd("conv Forward 32x16x16 -> 32 k5"), "{plan}");
             assert!(winograd("conv GradInput 32x8x8 -> 64 k5"), "{plan}");
-            assert!(!winograd("conv Forward 3x32x32"), "{plan}");
+            assert!(winograd("conv Forward 3x32x32 -> 32 k5"), "{plan}");
+            assert!(
+                !plan
+                    .lines()
+                    .any(|l| l.contains("conv GradWeight") && l.contains("winograd")),
+                "{plan}"
+            );
             // drop2 and drop3 feed pooling: applied in the ReLU's loop.
             assert!(plan.contains("; relu2 drop2\n"), "{plan}");
             // Each convolution adds its bias as it stores its output.

@@ -587,10 +587,10 @@ fn bench_profile_names_the_convolution_algorithms() {
             layer.contains("(winograd ") && layer.ends_with("(effective)"),
             "{layer}"
         );
-        let first = line("Forward 3x32x32 -> 16 k3 s1 p1");
+        let strided = line("Forward 16x32x32 -> 32 k3 s2 p1");
         assert!(
-            first.contains("(direct ") && !first.contains("effective"),
-            "{first}"
+            strided.contains("(direct ") && !strided.contains("effective"),
+            "{strided}"
         );
     } else {
         assert!(layer.contains("(im2col)"), "{layer}");

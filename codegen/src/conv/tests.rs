@@ -98,7 +98,7 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (16, 9, 32, 3, 1, 1, 3),
     (3, 7, 5, 5, 2, 1, 19),
     // Winograd forward and input gradient on x86 (even planes, 3 x 3 s1 p1,
-    // 8 or more input channels): one vector of tiles per image and a
+    // 8 or more output channels): one vector of tiles per image and a
     // partial last group; two vectors; whole rows of tiles per vector.
     (8, 8, 9, 3, 1, 1, 7),
     (17, 16, 8, 3, 1, 1, 3),
@@ -106,6 +106,9 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     // And F(2x2, 5x5) (padding 2).
     (8, 8, 9, 5, 1, 2, 5),
     (33, 16, 8, 5, 1, 2, 2),
+    // Winograd forward from 3 input channels; its input gradient (3 outputs)
+    // stays direct.
+    (3, 8, 16, 5, 1, 2, 3),
 ];
 
 #[test]
@@ -313,7 +316,7 @@ fn direct_is_chosen_where_the_kernels_cover_the_geometry() {
 
 /// Winograd takes the forward and input-gradient passes of 3 x 3 and 5 x 5,
 /// stride-1 "same" layers (padding 1 and 2) on even planes whose rows of tiles split evenly into
-/// vectors and that have 8 or more input channels; everything else stays
+/// vectors and that have 8 or more output channels; everything else stays
 /// direct (or im2col).
 #[test]
 fn winograd_is_chosen_where_its_tiles_fit() {
@@ -356,7 +359,6 @@ fn winograd_is_chosen_where_its_tiles_fit() {
             (16, 32, 32, 1, 1, 0), // 1 x 1
             (16, 32, 32, 3, 1, 0), // padding 0
             (16, 12, 12, 3, 1, 1), // 6 tiles a row: neither divides the lanes
-            (3, 32, 32, 3, 1, 1),  // 3 input channels
         ] {
             assert_eq!(
                 algo(ConvPass::Forward, shape, 16, isa),
@@ -364,10 +366,19 @@ fn winograd_is_chosen_where_its_tiles_fit() {
                 "{shape:?}"
             );
         }
-        // The input gradient's input channels are the layer's outputs.
+        // Fewer than 8 outputs stay direct: the input gradient's outputs
+        // are the layer's input channels.
         assert_eq!(
-            algo(ConvPass::GradInput, (16, 8, 8, 3, 1, 1), 3, isa),
+            algo(ConvPass::Forward, (16, 8, 8, 3, 1, 1), 7, isa),
             ConvAlgo::Direct(isa)
+        );
+        assert_eq!(
+            algo(ConvPass::GradInput, (3, 8, 8, 3, 1, 1), 16, isa),
+            ConvAlgo::Direct(isa)
+        );
+        assert_eq!(
+            algo(ConvPass::Forward, (3, 32, 32, 3, 1, 1), 16, isa),
+            ConvAlgo::Winograd(isa)
         );
     }
     assert_eq!(
@@ -436,6 +447,7 @@ fn fma_peak_probe_reports_a_positive_rate_where_vectors_run() {
 fn conv_speed() {
     let isa = ConvIsa::detected();
     for &(c, size, co, k, stride, pad) in [
+        (3, 32, 16, 3, 1, 1),
         (16, 32, 16, 3, 1, 1),
         (32, 16, 32, 3, 1, 1),
         (64, 8, 64, 3, 1, 1),
