@@ -131,8 +131,8 @@ pub struct Tiles {
 }
 
 impl Tiles {
-    /// The tiling of `pass` on `geom`, or `None` where F(2×2, 3×3) does not
-    /// apply: other kernels, strides or paddings; odd plane sizes; rows of
+    /// The tiling of `pass` on `geom`, or `None` where neither variant
+    /// applies: other kernels, strides or paddings; odd plane sizes; rows of
     /// tiles that do not split evenly into vectors; few output channels.
     pub fn new(
         pass: ConvPass,
@@ -209,7 +209,7 @@ impl Tiles {
     /// its rows, because the transforms touch all positions at once and
     /// 16 streams a power of two apart (16 KiB on ResNet-20's planes) fall
     /// into one set of the L1 cache (measured: the input transform took
-    /// 29 µs an image instead of ~4).
+    /// 29 µs an image instead of 6–11).
     fn v_stride(&self) -> usize {
         self.cin * self.tpad() + 16
     }

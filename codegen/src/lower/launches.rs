@@ -99,8 +99,9 @@ impl Lower<'_> {
         }
     }
 
-    /// Mask node `id` as an [`InputMask`] when every reader is a direct
-    /// forward or weight-gradient convolution taking it as its image input,
+    /// Mask node `id` as an [`InputMask`] when every reader is a direct or
+    /// Winograd forward or a direct weight-gradient convolution taking it as
+    /// its image input,
     /// which then masks each image as it prepares it: the masked tensor is
     /// never written and read back (augmented dropout's `F ⊙ x` and `B ⊙ x`,
     /// 8 MB each per site of ResNet-20's first stage).
