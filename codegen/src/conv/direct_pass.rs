@@ -86,7 +86,7 @@ impl ConvLaunch {
                     (dst as *mut f32).add(n * out_len),
                 );
             });
-            self.after_image(dst, scratch, n);
+            self.after_image(dst, scratch, n, keys);
         });
     }
 
@@ -151,7 +151,7 @@ impl ConvLaunch {
                 );
             });
             for n in first..first + count {
-                self.after_image(dst, scratch, n);
+                self.after_image(dst, scratch, n, keys);
             }
         });
     }

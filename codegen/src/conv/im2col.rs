@@ -37,7 +37,7 @@ pub(super) unsafe fn run(l: &ConvLaunch, ptrs: &[*mut f32], threads: usize) {
                     plane.iter_mut().for_each(|v| *v += b);
                 }
             }
-            l.after_image(out, scratch, n);
+            l.after_image(out, scratch, n, 0);
         }),
         ConvPass::GradInput => for_each_image(l.images, threads, &|n| {
             with_scratch(kk * hw, |col| {

@@ -44,35 +44,74 @@ impl InputMask {
     ) {
         // Called once per image on the training path: no allocation here.
         let keys = std::slice::from_raw_parts(keys, self.key_slots() as usize);
-        let factors = &self.factors;
         let (src, dst) = (
             std::slice::from_raw_parts(src, len),
             std::slice::from_raw_parts_mut(dst, len),
         );
-        let first = first as u32;
+        self.dispatch(isa, keys, Some(src), first as u32, dst)
+    }
+
+    /// [`InputMask::apply`] on `len` elements in place (the output mask of an
+    /// input-gradient pass, applied to each image as it is finished).
+    ///
+    /// # Safety
+    /// As [`InputMask::apply`], `data` holding `len` elements.
+    pub unsafe fn apply_in_place(
+        &self,
+        isa: ConvIsa,
+        keys: *const u64,
+        data: *mut f32,
+        first: usize,
+        len: usize,
+    ) {
+        let keys = std::slice::from_raw_parts(keys, self.key_slots() as usize);
+        let data = std::slice::from_raw_parts_mut(data, len);
+        self.dispatch(isa, keys, None, first as u32, data)
+    }
+
+    fn dispatch(
+        &self,
+        isa: ConvIsa,
+        keys: &[u64],
+        src: Option<&[f32]>,
+        first: u32,
+        dst: &mut [f32],
+    ) {
+        let (factors, scale) = (&self.factors, self.scale);
         match isa {
+            // SAFETY: the callers' contract: `isa` runs on this CPU.
             #[cfg(target_arch = "x86_64")]
-            ConvIsa::Avx512 => apply_avx512(factors, keys, self.scale, src, first, dst),
+            ConvIsa::Avx512 => unsafe { apply_avx512(factors, keys, scale, src, first, dst) },
             #[cfg(target_arch = "x86_64")]
-            ConvIsa::Avx2 => apply_avx2(factors, keys, self.scale, src, first, dst),
-            _ => apply_any(factors, keys, self.scale, src, first, dst),
+            ConvIsa::Avx2 => unsafe { apply_avx2(factors, keys, scale, src, first, dst) },
+            _ => apply_any(factors, keys, scale, src, first, dst),
         }
     }
 }
 
-/// The masking loops, written so that they vectorise: the scaled copy, then
-/// one select per factor (no early exit across factors).
+/// The masking loops, written so that they vectorise: the scaled copy of
+/// `src` (or of `dst` itself), then one select per factor (no early exit
+/// across factors).
 #[inline(always)]
 fn apply_any(
     factors: &[(u32, i32)],
     keys: &[u64],
     scale: f32,
-    src: &[f32],
+    src: Option<&[f32]>,
     first: u32,
     dst: &mut [f32],
 ) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = s * scale;
+    match src {
+        Some(src) => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = s * scale;
+            }
+        }
+        None => {
+            for d in dst.iter_mut() {
+                *d *= scale;
+            }
+        }
     }
     for &(slot, threshold) in factors {
         let key = keys[slot as usize];
@@ -89,7 +128,7 @@ fn apply_avx512(
     factors: &[(u32, i32)],
     keys: &[u64],
     scale: f32,
-    src: &[f32],
+    src: Option<&[f32]>,
     first: u32,
     dst: &mut [f32],
 ) {
@@ -102,7 +141,7 @@ fn apply_avx2(
     factors: &[(u32, i32)],
     keys: &[u64],
     scale: f32,
-    src: &[f32],
+    src: Option<&[f32]>,
     first: u32,
     dst: &mut [f32],
 ) {
@@ -150,6 +189,15 @@ mod tests {
                     let want = if kept { src[i] * m.scale } else { 0.0 };
                     assert_eq!(g.to_bits(), want.to_bits(), "{isa} first {first} i {i}");
                 }
+                let mut in_place = src[..len].to_vec();
+                unsafe { m.apply_in_place(isa, keys.as_ptr(), in_place.as_mut_ptr(), first, len) };
+                assert!(
+                    in_place
+                        .iter()
+                        .zip(&got)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa} first {first}: in place differs"
+                );
             }
         }
     }

@@ -91,6 +91,10 @@ pub struct ConvLaunch {
     /// Direct forward and weight-gradient passes only: a dropout mask
     /// applied to the image input as each image is prepared.
     pub input_mask: Option<InputMask>,
+    /// Direct or Winograd input gradient only: a dropout mask applied to
+    /// each image of the output as it is finished (the mask's gradient
+    /// `B ⊙ dx`, on the launch's vectors instead of a separate loop).
+    pub output_mask: Option<InputMask>,
 }
 
 impl ConvLaunch {
@@ -131,6 +135,7 @@ impl ConvLaunch {
             stats: false,
             weight_grad_lanes: false,
             input_mask: None,
+            output_mask: None,
         };
         launch.weight_grad_lanes = match algo {
             ConvAlgo::Direct(isa) => direct::kernels(isa).is_some_and(|k| launch.lanes_pay_off(&k)),
@@ -163,9 +168,27 @@ impl ConvLaunch {
         self
     }
 
+    /// Whether the launch can mask its output as it finishes each image:
+    /// direct and Winograd input gradients.
+    pub fn can_mask_output(&self) -> bool {
+        matches!(self.algo, ConvAlgo::Direct(_) | ConvAlgo::Winograd(_))
+            && self.pass == ConvPass::GradInput
+    }
+
+    /// The pass that masks its output (see [`ConvLaunch::output_mask`]).
+    pub fn with_output_mask(mut self, mask: InputMask) -> Self {
+        assert!(
+            self.can_mask_output(),
+            "only direct or Winograd input gradients mask their output"
+        );
+        self.output_mask = Some(mask);
+        self
+    }
+
     /// One past the largest mask key slot the launch reads.
     pub fn key_slots(&self) -> u32 {
-        self.input_mask.as_ref().map_or(0, |m| m.key_slots())
+        let slots = |m: &Option<InputMask>| m.as_ref().map_or(0, |m| m.key_slots());
+        slots(&self.input_mask).max(slots(&self.output_mask))
     }
 
     /// Index of the bias argument.
@@ -302,14 +325,16 @@ impl ConvLaunch {
     }
 
     fn mask_text(&self) -> String {
-        match &self.input_mask {
+        let text = |m: &Option<InputMask>, what: &str| match m {
             Some(m) => format!(
-                ", input masked as prepared ({} factor(s), scale {})",
+                ", {what} ({} factor(s), scale {})",
                 m.factors.len(),
                 m.scale
             ),
             None => String::new(),
-        }
+        };
+        text(&self.input_mask, "input masked as prepared")
+            + &text(&self.output_mask, "output masked as stored")
     }
 
     /// A Winograd launch's tiling and kernels.
@@ -396,11 +421,24 @@ impl ConvLaunch {
         }
     }
 
-    /// Called once an image's output is written: its statistics, if asked for.
+    /// Called once an image's output is written: its output mask and its
+    /// statistics, if asked for.
     ///
     /// # Safety
     /// As [`ConvLaunch::run`]; `n` is an image of the batch.
-    pub(super) unsafe fn after_image(&self, out: usize, scratch: usize, n: usize) {
+    pub(super) unsafe fn after_image(&self, out: usize, scratch: usize, n: usize, keys: usize) {
+        if let (Some(m), ConvAlgo::Direct(isa) | ConvAlgo::Winograd(isa)) =
+            (&self.output_mask, self.algo)
+        {
+            let len = self.geom.image_len();
+            m.apply_in_place(
+                isa,
+                keys as *const u64,
+                (out as *mut f32).add(n * len),
+                n * len,
+                len,
+            );
+        }
         if self.stats {
             let (co, plane) = (self.out_channels, self.geom.col_cols());
             stats::image_stats(

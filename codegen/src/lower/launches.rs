@@ -1,9 +1,10 @@
 //! Nodes that become one launch each: convolution passes (with a bias add
 //! and BatchNorm's statistics folded into the forward pass when only they
-//! read its output), GEMMs, max pooling in Rust, and the scalar loop nests.
+//! read its output, a dropout mask into the input gradient when only it reads
+//! it), GEMMs, max pooling in Rust, and the scalar loop nests.
 
 use dropjit_graph::interp::Nchw;
-use dropjit_graph::op::{Conv2dAttrs, Op};
+use dropjit_graph::op::{Conv2dAttrs, MaskSpec, Op};
 use dropjit_graph::NodeId;
 
 use super::{KernelDef, Lower};
@@ -16,6 +17,26 @@ use crate::layout::key_slot;
 use crate::maxpool::MaxPoolLaunch;
 use crate::schedule::{BufRef, LaunchKind, NativeOp, ScalarOp};
 use crate::CodegenError;
+
+/// A mask node's factors (those that drop something) and scale, as a
+/// convolution launch applies them.
+fn input_mask(spec: &MaskSpec) -> InputMask {
+    let factors = spec
+        .factors
+        .iter()
+        .map(|f| {
+            (
+                key_slot(spec.site.0, f.stream),
+                dropjit_graph::mask::keep_threshold(f.ratio),
+            )
+        })
+        .filter(|&(_, t)| t > 0)
+        .collect();
+    InputMask {
+        factors,
+        scale: spec.scale() as f32,
+    }
+}
 
 impl Lower<'_> {
     /// A forward convolution, with the bias add and BatchNorm statistics
@@ -85,8 +106,30 @@ impl Lower<'_> {
         if let Some(m) = mask {
             launch = launch.with_input_mask(m);
         }
+        // A mask that alone reads the input gradient (the dropout's backward
+        // `B ⊙ dx`) is applied to each image as the launch finishes it; the
+        // unmasked gradient is then never stored.
+        if let Some((mask_node, m)) = self.output_mask_of(id, &launch) {
+            self.conv_launch(&[id, mask_node], launch.with_output_mask(m), args, &[]);
+            self.value[mask_node.index()] = Some(out);
+            return;
+        }
         self.conv_launch(&[id], launch, args, &[]);
         self.value[id.index()] = Some(out);
+    }
+
+    /// The mask node reading convolution gradient `id` and its mask, when
+    /// that node is the only reader and `launch` can apply it.
+    fn output_mask_of(&self, id: NodeId, launch: &ConvLaunch) -> Option<(NodeId, InputMask)> {
+        let [user] = self.users[id.index()][..] else {
+            return None;
+        };
+        let node = self.g.node(user);
+        let Op::Mask(spec) = &node.op else {
+            return None;
+        };
+        (launch.can_mask_output() && node.inputs[0] == id && !self.outputs.contains(&id))
+            .then(|| (user, input_mask(spec)))
     }
 
     /// The buffer a convolution reads as its image input `id`, and the mask
@@ -133,22 +176,7 @@ impl Lower<'_> {
         if !users.iter().all(applies) {
             return None;
         }
-        let factors = spec
-            .factors
-            .iter()
-            .map(|f| {
-                (
-                    key_slot(spec.site.0, f.stream),
-                    dropjit_graph::mask::keep_threshold(f.ratio),
-                )
-            })
-            .filter(|&(_, t)| t > 0)
-            .collect();
-        let mask = InputMask {
-            factors,
-            scale: spec.scale() as f32,
-        };
-        Some((node.inputs[0], mask))
+        Some((node.inputs[0], input_mask(spec)))
     }
 
     /// A linear layer or one of its gradients as one GEMM launch.
