@@ -236,6 +236,79 @@ fn masked_input_equals_the_pass_on_the_masked_tensor() {
     }
 }
 
+/// An input gradient that masks its output gives, bit for bit, the mask's
+/// definition applied to the unmasked launch's output (`dx · scale` where
+/// both factors keep the flat index, else 0), direct and Winograd, at 1 and
+/// 3 threads; only direct and Winograd input gradients take an output mask.
+#[test]
+fn masked_output_equals_the_mask_on_the_input_gradient() {
+    use dropjit_graph::mask;
+    let keys = [
+        mask::mask_key(5, 3, 1, mask::Stream::F),
+        mask::mask_key(5, 3, 1, mask::Stream::G),
+    ];
+    let (pf, pg) = (0.3, 0.25);
+    let m = InputMask {
+        factors: vec![(0, mask::keep_threshold(pf)), (1, mask::keep_threshold(pg))],
+        scale: mask::keep_scale(&[pf, pg]) as f32,
+    };
+    let mut covered = (false, false);
+    for isa in ConvIsa::ALL.into_iter().filter(|i| i.available()) {
+        for (s, &(c, size, co, k, stride, pad, images)) in SHAPES.iter().enumerate() {
+            let g = ConvGeom::new(c, size, size, k, k, (stride, stride), (pad, pad));
+            let plain = ConvLaunch::new(ConvPass::GradInput, g, images, co, isa);
+            if !plain.can_mask_output() {
+                assert!(matches!(plain.algo, ConvAlgo::Im2col));
+                continue;
+            }
+            match plain.algo {
+                ConvAlgo::Winograd(_) => covered.1 = true,
+                _ => covered.0 = true,
+            }
+            let dy = data(images * co * g.col_cols(), 7 * s as u64);
+            let w = data(co * g.col_rows(), 7 * s as u64 + 1);
+            let dx = run_pass(&plain, &dy, &w, 1);
+            let want: Vec<f32> = dx
+                .iter()
+                .enumerate()
+                .map(|(e, &v)| {
+                    let kept = m
+                        .factors
+                        .iter()
+                        .all(|&(key, t)| mask::is_kept(keys[key as usize], e as u32, t));
+                    if kept {
+                        v * m.scale
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let masked = plain.clone().with_output_mask(m.clone());
+            assert_eq!(masked.key_slots(), 2);
+            assert!(masked
+                .describe()
+                .contains("output masked as stored (2 factor(s)"));
+            for threads in [1, 3] {
+                let got = run_pass_keyed(&masked, &dy, &w, threads, &keys);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa} {:?} shape {s} threads {threads}",
+                    masked.algo
+                );
+            }
+        }
+    }
+    if cfg!(target_arch = "x86_64") && ConvIsa::Avx2.available() {
+        assert!(covered.0 && covered.1, "direct and Winograd both covered");
+    }
+    let g = ConvGeom::new(8, 8, 8, 3, 3, (1, 1), (1, 1));
+    for pass in [ConvPass::Forward, ConvPass::GradWeight] {
+        assert!(!ConvLaunch::new(pass, g, 2, 8, ConvIsa::Avx512).can_mask_output());
+    }
+}
+
 #[test]
 fn input_masks_only_on_direct_forward_and_weight_gradient_passes() {
     let g = ConvGeom::new(4, 9, 9, 3, 3, (1, 1), (1, 1));
