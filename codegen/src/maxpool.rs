@@ -7,7 +7,9 @@
 //! scan finds (for a maximum of zero possibly +0 where the scan kept a -0; a
 //! NaN is not propagated the same way). The gradient scans each window in row-major order with strict
 //! `>`, as the interpreter does, and adds `dy` to the first maximum, outputs
-//! in row-major order: the same sums in the same order, bit for bit.
+//! in row-major order: the same sums in the same order, bit for bit. On
+//! AVX-512, 3-wide stride-2 windows (ConvNet-Quick's) are scanned 16 outputs
+//! at a time (`x86::grad_plane_avx512`).
 
 use dropjit_graph::interp::{window, Nchw};
 use dropjit_graph::op::PoolAttrs;
@@ -75,7 +77,7 @@ impl MaxPoolLaunch {
                     let dy = std::slice::from_raw_parts((p[0] as *const f32).add(plane * yp), yp);
                     let xs = std::slice::from_raw_parts((p[1] as *const f32).add(plane * xp), xp);
                     let dx = std::slice::from_raw_parts_mut((p[2] as *mut f32).add(plane * xp), xp);
-                    grad_plane(dy, xs, dx, x.w, &rows, &cols);
+                    grad_plane_dispatch(dy, xs, dx, x.w, &rows, &cols, &self.pool);
                 }
             } else {
                 let mut colmax = vec![0f32; x.w];
@@ -117,6 +119,26 @@ fn forward_plane(
     }
 }
 
+/// [`grad_plane`], with the AVX-512 scan ([`x86::grad_plane_avx512`]) for
+/// 3-wide windows at stride 2 where the CPU has it.
+fn grad_plane_dispatch(
+    dy: &[f32],
+    x: &[f32],
+    dx: &mut [f32],
+    w: usize,
+    rows: &[(usize, usize)],
+    cols: &[(usize, usize)],
+    pool: &PoolAttrs,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if pool.kernel == 3 && pool.stride == 2 && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU runs AVX-512F (checked above).
+        return unsafe { x86::grad_plane_avx512(dy, x, dx, w, rows, cols, pool.padding) };
+    }
+    let _ = pool;
+    grad_plane(dy, x, dx, w, rows, cols)
+}
+
 fn grad_plane(
     dy: &[f32],
     x: &[f32],
@@ -127,19 +149,117 @@ fn grad_plane(
 ) {
     dx.fill(0.0);
     let ow = cols.len();
-    for (oy, &(h0, h1)) in rows.iter().enumerate() {
-        for (ox, &(w0, w1)) in cols.iter().enumerate() {
-            let (mut arg, mut best) = (h0 * w + w0, x[h0 * w + w0]);
-            for r in h0..h1 {
-                for (i, &v) in x[r * w + w0..r * w + w1].iter().enumerate() {
-                    // Selects, not branches: which tap wins is data, and
-                    // mispredicted branches made this twice as slow.
-                    let gt = v > best;
-                    arg = if gt { r * w + w0 + i } else { arg };
-                    best = if gt { v } else { best };
-                }
+    for (oy, &rows) in rows.iter().enumerate() {
+        grad_outputs(&dy[oy * ow..(oy + 1) * ow], x, dx, w, rows, cols, 0);
+    }
+}
+
+/// The scalar scan for the outputs `first..` of one output row (`cols` their
+/// column windows, `dy_row` the row's gradient): each window in row-major
+/// order with strict `>`, `dy` added to its first maximum.
+fn grad_outputs(
+    dy_row: &[f32],
+    x: &[f32],
+    dx: &mut [f32],
+    w: usize,
+    (h0, h1): (usize, usize),
+    cols: &[(usize, usize)],
+    first: usize,
+) {
+    for (ox, &(w0, w1)) in cols.iter().enumerate() {
+        let (mut arg, mut best) = (h0 * w + w0, x[h0 * w + w0]);
+        for r in h0..h1 {
+            for (i, &v) in x[r * w + w0..r * w + w1].iter().enumerate() {
+                // Selects, not branches: which tap wins is data, and
+                // mispredicted branches made this twice as slow.
+                let gt = v > best;
+                arg = if gt { r * w + w0 + i } else { arg };
+                best = if gt { v } else { best };
             }
-            dx[arg] += dy[oy * ow + ox];
+        }
+        dx[arg] += dy_row[first + ox];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// The gradient of 3-wide, stride-2 windows with 16 outputs of a row per
+    /// vector: each input row's even and odd columns split by a permute, the
+    /// row-major scan with a strict `>` per lane (the scalar scan's rule, and
+    /// its NaN behaviour), then `dx[arg] += dy` scalar in output order, so
+    /// the sums are the scalar path's, bit for bit. Windows cut by the
+    /// plane's edge or the padding take the scalar scan.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn grad_plane_avx512(
+        dy: &[f32],
+        x: &[f32],
+        dx: &mut [f32],
+        w: usize,
+        rows: &[(usize, usize)],
+        cols: &[(usize, usize)],
+        pad: usize,
+    ) {
+        dx.fill(0.0);
+        let ow = cols.len();
+        // Outputs whose window is whole: start 2·ox - pad >= 0, end <= w.
+        let full = |ox: usize| 2 * ox >= pad && 2 * ox - pad + 3 <= w;
+        let first = (0..ow).find(|&ox| full(ox)).unwrap_or(ow);
+        let last = (first..ow)
+            .take_while(|&ox| full(ox))
+            .last()
+            .map_or(first, |l| l + 1);
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let twice = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let mut args = [0i32; 16];
+        for (oy, &(h0, h1)) in rows.iter().enumerate() {
+            let dy_row = &dy[oy * ow..(oy + 1) * ow];
+            super::grad_outputs(dy_row, x, dx, w, (h0, h1), &cols[..first], 0);
+            let mut ox0 = first;
+            while ox0 < last {
+                let lanes = (last - ox0).min(16);
+                // Columns start0 + 2l + c of the lanes l < `lanes`, c < 3.
+                let start0 = 2 * ox0 - pad;
+                let need = 2 * lanes + 1;
+                let load = |at: usize, off: usize| {
+                    let valid = need.saturating_sub(off).min(16);
+                    _mm512_maskz_loadu_ps(((1u32 << valid) - 1) as u16, x.as_ptr().add(at + off))
+                };
+                let taps = |r: usize| {
+                    let at = r * w + start0;
+                    let (a, b) = (load(at, 0), load(at, 16));
+                    let (c, d) = (load(at, 2), load(at, 18));
+                    [
+                        _mm512_permutex2var_ps(a, even, b),
+                        _mm512_permutex2var_ps(a, odd, b),
+                        _mm512_permutex2var_ps(c, even, d),
+                    ]
+                };
+                let first_row = taps(h0);
+                let mut best = first_row[0];
+                let mut arg = _mm512_add_epi32(_mm512_set1_epi32((h0 * w + start0) as i32), twice);
+                for r in h0..h1 {
+                    let row = if r == h0 { first_row } else { taps(r) };
+                    for (c, &v) in row.iter().enumerate() {
+                        if r == h0 && c == 0 {
+                            continue;
+                        }
+                        let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best);
+                        best = _mm512_mask_mov_ps(best, gt, v);
+                        let at =
+                            _mm512_add_epi32(_mm512_set1_epi32((r * w + start0 + c) as i32), twice);
+                        arg = _mm512_mask_mov_epi32(arg, gt, at);
+                    }
+                }
+                _mm512_storeu_si512(args.as_mut_ptr() as *mut _, arg);
+                for (l, &a) in args.iter().enumerate().take(lanes) {
+                    dx[a as usize] += dy_row[ox0 + l];
+                }
+                ox0 += lanes;
+            }
+            super::grad_outputs(dy_row, x, dx, w, (h0, h1), &cols[last..], last);
         }
     }
 }
@@ -161,6 +281,9 @@ mod tests {
             (1, 5, 5, 2, 2, 0, true),
             (4, 1, 1, 1, 1, 0, false),
             (2, 6, 5, 3, 1, 1, false),
+            // Rows of 35 outputs: two whole vectors and a tail on AVX-512,
+            // edge windows on both sides.
+            (2, 9, 70, 3, 2, 1, true),
         ] {
             let pool = PoolAttrs {
                 kernel: k,
