@@ -14,6 +14,7 @@
 use dropjit_graph::interp::{window, Nchw};
 use dropjit_graph::op::PoolAttrs;
 
+use crate::conv::ConvIsa;
 use crate::kernels::parallel::global_pool;
 
 /// Planes a task handles (tasks are claimed one at a time).
@@ -26,6 +27,9 @@ pub struct MaxPoolLaunch {
     pub pool: PoolAttrs,
     pub x: Nchw,
     pub y: Nchw,
+    /// The step's instruction set: the gradient's vector scan runs on
+    /// AVX-512 only (`DROPJIT_ISA` forces the scalar scan like the rest).
+    pub isa: ConvIsa,
 }
 
 impl MaxPoolLaunch {
@@ -77,7 +81,7 @@ impl MaxPoolLaunch {
                     let dy = std::slice::from_raw_parts((p[0] as *const f32).add(plane * yp), yp);
                     let xs = std::slice::from_raw_parts((p[1] as *const f32).add(plane * xp), xp);
                     let dx = std::slice::from_raw_parts_mut((p[2] as *mut f32).add(plane * xp), xp);
-                    grad_plane_dispatch(dy, xs, dx, x.w, &rows, &cols, &self.pool);
+                    self.grad_plane(dy, xs, dx, &rows, &cols);
                 }
             } else {
                 let mut colmax = vec![0f32; x.w];
@@ -119,24 +123,28 @@ fn forward_plane(
     }
 }
 
-/// [`grad_plane`], with the AVX-512 scan ([`x86::grad_plane_avx512`]) for
-/// 3-wide windows at stride 2 where the CPU has it.
-fn grad_plane_dispatch(
-    dy: &[f32],
-    x: &[f32],
-    dx: &mut [f32],
-    w: usize,
-    rows: &[(usize, usize)],
-    cols: &[(usize, usize)],
-    pool: &PoolAttrs,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if pool.kernel == 3 && pool.stride == 2 && std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU runs AVX-512F (checked above).
-        return unsafe { x86::grad_plane_avx512(dy, x, dx, w, rows, cols, pool.padding) };
+impl MaxPoolLaunch {
+    /// One plane's gradient: the AVX-512 scan ([`x86::grad_plane_avx512`])
+    /// for 3-wide windows at stride 2 on the AVX-512 path, else the scalar
+    /// scan.
+    fn grad_plane(
+        &self,
+        dy: &[f32],
+        x: &[f32],
+        dx: &mut [f32],
+        rows: &[(usize, usize)],
+        cols: &[(usize, usize)],
+    ) {
+        let (w, pool) = (self.x.w, &self.pool);
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == ConvIsa::Avx512 && pool.kernel == 3 && pool.stride == 2 {
+            // SAFETY: a launch on the AVX-512 path runs where the CPU has it
+            // (`ConvIsa::selected` refuses it otherwise).
+            return unsafe { x86::grad_plane_avx512(dy, x, dx, w, rows, cols, pool.padding) };
+        }
+        let _ = pool;
+        grad_plane(dy, x, dx, w, rows, cols)
     }
-    let _ = pool;
-    grad_plane(dy, x, dx, w, rows, cols)
 }
 
 fn grad_plane(
@@ -344,12 +352,15 @@ mod tests {
                 }
                 // A 1x1 window cannot tie.
                 assert!(!want_ties || ties > 0 || k == 1, "{x:?}: no ties to test");
-                for threads in [1, 3] {
+                // Both gradient scans where the CPU runs AVX-512.
+                let isas = ConvIsa::ALL.into_iter().filter(|i| i.available());
+                for (isa, threads) in isas.flat_map(|i| [(i, 1), (i, 3)]) {
                     let fwd = MaxPoolLaunch {
                         grad: false,
                         pool,
                         x,
                         y,
+                        isa,
                     };
                     let mut got_y = vec![f32::NAN; y.len()];
                     unsafe { fwd.run(&[xs.as_ptr() as *mut f32, got_y.as_mut_ptr()], threads) };
@@ -362,6 +373,7 @@ mod tests {
                         pool,
                         x,
                         y,
+                        isa,
                     };
                     let mut got_dx = vec![f32::NAN; x.len()];
                     let ptrs = [
@@ -376,7 +388,7 @@ mod tests {
                         .position(|(g, w)| g.to_bits() != w.to_bits());
                     assert!(
                         first.is_none(),
-                        "gradient {x:?} {pool:?}: element {first:?}"
+                        "gradient {x:?} {pool:?} {isa}: element {first:?}"
                     );
                 }
             }

@@ -276,6 +276,7 @@ impl Lower<'_> {
                     pool: *p,
                     x,
                     y,
+                    isa: self.isa,
                 };
                 self.max_pool(id, launch, &[ins[0]]);
             }
@@ -290,6 +291,7 @@ impl Lower<'_> {
                     pool: *p,
                     x,
                     y,
+                    isa: self.isa,
                 };
                 self.max_pool(id, launch, &[ins[0], ins[1]]);
             }
