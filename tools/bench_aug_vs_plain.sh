@@ -7,11 +7,9 @@
 #   cargo build --release && tools/bench_aug_vs_plain.sh     # ROUNDS=6 STEPS=8 THREADS=2
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${BIN:-target/release/dropjit}
 ROUNDS=${ROUNDS:-6}
 STEPS=${STEPS:-8}
-THREADS=${THREADS:-2}
-ips() { "$BIN" bench --threads "$THREADS" --steps "$STEPS" --json "$@" | sed 's/.*"images_per_second":\([0-9.]*\).*/\1/'; }
+. tools/bench_lib.sh
 for model in "resnet20 128" "convnet_quick 100"; do
   set -- $model
   ratios=()
@@ -20,6 +18,6 @@ for model in "resnet20 128" "convnet_quick 100"; do
     aug=$(ips --graph "models/$1.json" --batch "$2" --fwd 0.2 --bwd 0.0001)
     ratios+=("$(awk -v a="$aug" -v p="$plain" 'BEGIN { printf "%.3f", a / p }')")
   done
-  median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+  median=$(median "${ratios[@]}")
   echo "$1: augmented / plain images/s per pair: ${ratios[*]}; median $median"
 done

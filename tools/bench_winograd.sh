@@ -7,11 +7,9 @@
 #   cargo build --release && tools/bench_winograd.sh     # ROUNDS=6 STEPS=10 THREADS=2
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${BIN:-target/release/dropjit}
 ROUNDS=${ROUNDS:-6}
 STEPS=${STEPS:-10}
-THREADS=${THREADS:-2}
-ips() { "$BIN" bench --threads "$THREADS" --steps "$STEPS" --json "$@" | sed 's/.*"images_per_second":\([0-9.]*\).*/\1/'; }
+. tools/bench_lib.sh
 for run in "resnet20 128 train" "resnet20 128 eval" "convnet_quick 100 train" "convnet_quick 100 eval"; do
   set -- $run
   pass=()
@@ -23,6 +21,6 @@ for run in "resnet20 128 train" "resnet20 128 eval" "convnet_quick 100 train" "c
     ratios+=("$(awk -v w="$winograd" -v d="$direct" 'BEGIN { printf "%.3f", w / d }')")
     echo "$1 $3: direct $direct, winograd $winograd images/s" >&2
   done
-  median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+  median=$(median "${ratios[@]}")
   echo "$1 $3: winograd / direct images/s per pair: ${ratios[*]}; median $median"
 done
