@@ -119,8 +119,27 @@ fn plans_of_both_models() {
                     .any(|l| l.contains("conv GradWeight") && l.contains("winograd")),
                 "{plan}"
             );
-            // drop2 and drop3 feed pooling: applied in the ReLU's loop.
-            assert!(plan.contains("; relu2 drop2\n"), "{plan}");
+            // drop2 and drop3 feed average pooling: their masks are applied
+            // as the pooling reads its input (F ⊙ x forward, B ⊙ x for the
+            // backward pass's pooled copy) and as its gradient is stored
+            // (B ⊙ dx); no loop hashes a mask, no masked tensor is stored.
+            for site in ["2", "3"] {
+                let pool = |kind: &str, mask: &str, nodes: &str| {
+                    plan.lines().any(|l| {
+                        l.contains(&format!("{kind} ")) && l.contains(mask) && l.ends_with(nodes)
+                    })
+                };
+                let fwd = "input masked as read (1 factor(s)";
+                let bwd = "input masked as read (2 factor(s)";
+                let grad = "output masked as stored (2 factor(s)";
+                assert!(pool("avg_pool2d", fwd, &format!("; pool{site}")), "{plan}");
+                assert!(pool("avg_pool2d", bwd, &format!("; pool{site}.saved")), "{plan}");
+                let nodes = format!("; pool{site}.grad_input drop{site}.grad_input");
+                assert!(pool("avg_pool2d_grad", grad, &nodes), "{plan}");
+                assert!(plan.contains(&format!("; relu{site}\n")), "{plan}");
+            }
+            assert!(!plan.contains(" keys+"), "{plan}");
+            assert!(!plan.contains("drop2.saved"), "{plan}");
             // Each convolution adds its bias as it stores its output.
             for conv in ["conv1", "conv2", "conv3"] {
                 assert!(plan.contains(&format!("; {conv}.conv {conv}\n")), "{plan}");

@@ -461,7 +461,6 @@ fn kernel_key(k: &KernelDef) -> String {
     match k {
         KernelDef::Elementwise(e) => format!("e{:?}{:?}{:?}", e.dims, e.graph, e.outputs),
         KernelDef::Reduce(r) => format!("r{:?}{:?}{:?}", r.dims, r.graph, r.sums),
-        KernelDef::AvgPool(p) => format!("p{}{}{:?}", p.grad, p.planes, p.geom),
         KernelDef::Shortcut(k) => format!("s{}{}{:?}", k.grad, k.images, k.geom),
         KernelDef::SoftmaxXent(k) => format!("x{}{}{}", k.grad, k.rows, k.k),
     }
@@ -481,7 +480,6 @@ fn spec(k: &KernelDef) -> &dyn KernelSpec {
     match k {
         KernelDef::Elementwise(e) => e,
         KernelDef::Reduce(r) => r,
-        KernelDef::AvgPool(p) => p,
         KernelDef::Shortcut(k) => k,
         KernelDef::SoftmaxXent(k) => k,
     }

@@ -3,6 +3,7 @@
 //! runs the result. It reads no files and knows no data sets.
 
 pub mod arena;
+pub mod avgpool;
 pub mod conv;
 pub mod exec;
 pub mod kernels;

@@ -4,8 +4,8 @@
 use std::fmt::Write;
 
 use dropjit_graph::interp::Nchw;
-use dropjit_graph::op::PoolAttrs;
 
+use crate::avgpool::AvgPoolLaunch;
 use crate::conv::ConvLaunch;
 use crate::kernels::expr::Dims;
 use crate::kernels::gemm::GemmDesc;
@@ -52,7 +52,7 @@ pub enum LaunchKind {
     Gemm(GemmDesc),
     /// Rust code over the whole batch, called through `exec::dropjit_run_op`.
     Native(NativeOp),
-    /// A JIT scalar loop nest (average pooling, shortcut, softmax cross-entropy),
+    /// A JIT scalar loop nest (option-A shortcut, softmax cross-entropy),
     /// split over `op.range()` planes or rows.
     Scalar { func: usize, op: ScalarOp },
 }
@@ -64,6 +64,8 @@ pub enum NativeOp {
     Conv(ConvLaunch),
     /// Max pooling or its gradient over all planes (see [`MaxPoolLaunch`]).
     MaxPool(MaxPoolLaunch),
+    /// Average pooling or its gradient, masked or not (see [`AvgPoolLaunch`]).
+    AvgPool(AvgPoolLaunch),
 }
 
 impl NativeOp {
@@ -72,6 +74,7 @@ impl NativeOp {
         match self {
             NativeOp::Conv(c) => c.extents(),
             NativeOp::MaxPool(m) => m.extents(),
+            NativeOp::AvgPool(a) => a.extents(),
         }
     }
 
@@ -81,7 +84,7 @@ impl NativeOp {
         match self {
             // Output, scratch and the statistics.
             NativeOp::Conv(_) => 2..n,
-            NativeOp::MaxPool(_) => n - 1..n,
+            NativeOp::MaxPool(_) | NativeOp::AvgPool(_) => n - 1..n,
         }
     }
 
@@ -91,6 +94,8 @@ impl NativeOp {
             NativeOp::Conv(c) => format!("conv {:?}", c.pass),
             NativeOp::MaxPool(m) if m.grad => "max_pool2d_grad".into(),
             NativeOp::MaxPool(_) => "max_pool2d".into(),
+            NativeOp::AvgPool(a) if a.grad => "avg_pool2d_grad".into(),
+            NativeOp::AvgPool(_) => "avg_pool2d".into(),
         }
     }
 
@@ -99,6 +104,7 @@ impl NativeOp {
         match self {
             NativeOp::Conv(c) => c.key_slots(),
             NativeOp::MaxPool(_) => 0,
+            NativeOp::AvgPool(a) => a.key_slots(),
         }
     }
 
@@ -111,26 +117,17 @@ impl NativeOp {
         match self {
             NativeOp::Conv(c) => c.run(ptrs, keys, threads),
             NativeOp::MaxPool(m) => m.run(ptrs, threads),
+            NativeOp::AvgPool(a) => a.run(ptrs, keys, threads),
         }
     }
 }
 
 /// A launch of a JIT scalar loop nest rather than a fused elementwise loop:
-/// average-pooling windows, the option-A shortcut and softmax cross-entropy.
+/// the option-A shortcut and softmax cross-entropy.
 /// This is its description (name, operand extents, split range); the lowering
-/// builds the loop nest from `kernels::{avg_pool, shortcut, softmax}`.
+/// builds the loop nest from `kernels::{shortcut, softmax}`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ScalarOp {
-    AvgPool {
-        pool: PoolAttrs,
-        x: Nchw,
-        y: Nchw,
-    },
-    AvgPoolGrad {
-        pool: PoolAttrs,
-        x: Nchw,
-        y: Nchw,
-    },
     ShortcutA {
         stride: usize,
         x: Nchw,
@@ -155,8 +152,6 @@ pub enum ScalarOp {
 impl ScalarOp {
     pub fn name(&self) -> &'static str {
         match self {
-            ScalarOp::AvgPool { .. } => "avg_pool2d",
-            ScalarOp::AvgPoolGrad { .. } => "avg_pool2d_grad",
             ScalarOp::ShortcutA { .. } => "shortcut_a",
             ScalarOp::ShortcutAGrad { .. } => "shortcut_a_grad",
             ScalarOp::SoftmaxCrossEntropy { .. } => "softmax_cross_entropy",
@@ -168,8 +163,6 @@ impl ScalarOp {
     /// plan can check every access before anything runs.
     pub fn extents(&self) -> (Vec<usize>, usize) {
         match self {
-            ScalarOp::AvgPool { x, y, .. } => (vec![x.len()], y.len()),
-            ScalarOp::AvgPoolGrad { x, y, .. } => (vec![y.len()], x.len()),
             ScalarOp::ShortcutA { x, y, .. } => (vec![x.len()], y.len()),
             ScalarOp::ShortcutAGrad { x, y, .. } => (vec![y.len()], x.len()),
             ScalarOp::SoftmaxCrossEntropy { n, k } => (vec![n * k, *n], 1),
@@ -177,13 +170,13 @@ impl ScalarOp {
         }
     }
 
-    /// Length of the range the launch is split over: planes for pooling and
-    /// the shortcut, rows for the loss gradient, one for the loss (a single
+    /// Length of the range the launch is split over: planes for the
+    /// shortcut, rows for the loss gradient, one for the loss (a single
     /// in-order sum over the batch).
     pub fn range(&self) -> usize {
         match self {
-            ScalarOp::AvgPool { y, .. } | ScalarOp::ShortcutA { y, .. } => y.n * y.c,
-            ScalarOp::AvgPoolGrad { x, .. } | ScalarOp::ShortcutAGrad { x, .. } => x.n * x.c,
+            ScalarOp::ShortcutA { y, .. } => y.n * y.c,
+            ScalarOp::ShortcutAGrad { x, .. } => x.n * x.c,
             ScalarOp::SoftmaxCrossEntropy { .. } => 1,
             ScalarOp::SoftmaxCrossEntropyGrad { n, .. } => *n,
         }
@@ -258,6 +251,7 @@ impl Schedule {
                     format!("conv {} x{} {}", c.shape(), c.images, c.describe())
                 }
                 LaunchKind::Native(NativeOp::MaxPool(m)) => m.describe(),
+                LaunchKind::Native(NativeOp::AvgPool(a)) => a.describe(),
                 LaunchKind::Scalar { func, op } => format!("{} k{func}", op.name()),
             };
             let keys = match l.key_base {

@@ -69,6 +69,22 @@ impl InputMask {
         self.dispatch(isa, keys, None, first as u32, data)
     }
 
+    /// The interpreter's `Mask` node on a whole tensor, for tests: element
+    /// `e` becomes `v · scale` where every factor keeps index `e`, else 0.
+    #[cfg(test)]
+    pub(crate) fn masked_by_definition(&self, values: &[f32], keys: &[u64]) -> Vec<f32> {
+        let kept = |e: usize| {
+            self.factors
+                .iter()
+                .all(|&(key, t)| mask::is_kept(keys[key as usize], e as u32, t))
+        };
+        values
+            .iter()
+            .enumerate()
+            .map(|(e, &v)| if kept(e) { v * self.scale } else { 0.0 })
+            .collect()
+    }
+
     fn dispatch(
         &self,
         isa: ConvIsa,
@@ -89,9 +105,10 @@ impl InputMask {
     }
 }
 
-/// The masking loops, written so that they vectorise: the scaled copy of
-/// `src` (or of `dst` itself), then one select per factor (no early exit
-/// across factors).
+/// The masking loops, written so that they vectorise. One or two factors
+/// (dropout's `F`, augmented dropout's `B = F ⊙ G`) take one pass: every
+/// factor's keep bit, then one select and one store per element (a pass per
+/// factor stored every element again, and the stores were the cost).
 #[inline(always)]
 fn apply_any(
     factors: &[(u32, i32)],
@@ -101,6 +118,14 @@ fn apply_any(
     first: u32,
     dst: &mut [f32],
 ) {
+    let key = |slot: u32| keys[slot as usize];
+    match *factors {
+        [(k, t)] => return one_pass([key(k)], [t], scale, src, first, dst),
+        [(k1, t1), (k2, t2)] => {
+            return one_pass([key(k1), key(k2)], [t1, t2], scale, src, first, dst)
+        }
+        _ => {}
+    }
     match src {
         Some(src) => {
             for (d, s) in dst.iter_mut().zip(src) {
@@ -120,6 +145,51 @@ fn apply_any(
             *d = if kept { *d } else { 0.0 };
         }
     }
+}
+
+/// `dst[i] = src[i] · scale` (or `dst[i] · scale`) where all `F` factors
+/// keep index `first + i`, else `+0`, in one pass.
+#[inline(always)]
+fn one_pass<const F: usize>(
+    keys: [u64; F],
+    thresholds: [i32; F],
+    scale: f32,
+    src: Option<&[f32]>,
+    first: u32,
+    dst: &mut [f32],
+) {
+    match src {
+        Some(src) => {
+            for (i, (d, &s)) in dst.iter_mut().zip(src).enumerate() {
+                let idx = first.wrapping_add(i as u32);
+                *d = if all_keep(&keys, &thresholds, idx) {
+                    s * scale
+                } else {
+                    0.0
+                };
+            }
+        }
+        None => {
+            for (i, d) in dst.iter_mut().enumerate() {
+                let idx = first.wrapping_add(i as u32);
+                *d = if all_keep(&keys, &thresholds, idx) {
+                    *d * scale
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+/// Whether every factor keeps `idx` (no early exit, so it vectorises).
+#[inline(always)]
+fn all_keep<const F: usize>(keys: &[u64; F], thresholds: &[i32; F], idx: u32) -> bool {
+    let mut all = true;
+    for f in 0..F {
+        all &= mask::is_kept(keys[f], idx, thresholds[f]);
+    }
+    all
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -159,14 +229,23 @@ mod tests {
         let keys = [
             mask::mask_key(4, 2, 3, mask::Stream::F),
             mask::mask_key(4, 2, 3, mask::Stream::G),
+            mask::mask_key(4, 2, 5, mask::Stream::F),
         ];
-        let (pf, pg) = (0.3, 0.6);
-        let m = InputMask {
-            factors: vec![(0, mask::keep_threshold(pf)), (1, mask::keep_threshold(pg))],
-            scale: mask::keep_scale(&[pf, pg]) as f32,
-        };
+        // One factor, two (each a one-pass path) and three (the general loop).
+        let ratios = [0.3, 0.6, 0.2];
+        let masks = (1..=3).map(|f| InputMask {
+            factors: (0..f)
+                .map(|k| (k as u32, mask::keep_threshold(ratios[k])))
+                .collect(),
+            scale: mask::keep_scale(&ratios[..f]) as f32,
+        });
         let src: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.37).collect();
-        for isa in ConvIsa::ALL.into_iter().filter(|i| i.available()) {
+        for (m, isa) in masks.flat_map(|m| {
+            ConvIsa::ALL
+                .into_iter()
+                .filter(|i| i.available())
+                .map(move |isa| (m.clone(), isa))
+        }) {
             for (first, len) in [(0usize, 1000usize), (17, 1), (4093, 37), (1 << 20, 999)] {
                 let len = len.min(src.len());
                 let mut got = vec![f32::NAN; len];

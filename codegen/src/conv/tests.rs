@@ -44,22 +44,6 @@ fn reference(
     ]
 }
 
-/// The interpreter's `Mask` node on a whole tensor: element `e` becomes
-/// `v · scale` where every factor of `m` keeps index `e`, else 0.
-fn masked_by_definition(values: &[f32], m: &InputMask, keys: &[u64]) -> Vec<f32> {
-    use dropjit_graph::mask;
-    let kept = |e: usize| {
-        m.factors
-            .iter()
-            .all(|&(key, t)| mask::is_kept(keys[key as usize], e as u32, t))
-    };
-    values
-        .iter()
-        .enumerate()
-        .map(|(e, &v)| if kept(e) { v * m.scale } else { 0.0 })
-        .collect()
-}
-
 /// Elements after the output and the scratch that a pass must not write
 /// (more than the widest vector).
 const GUARD: usize = 64;
@@ -204,7 +188,7 @@ fn masked_input_equals_the_pass_on_the_masked_tensor() {
         for (s, &(c, size, co, k, stride, pad, images)) in SHAPES.iter().enumerate() {
             let g = ConvGeom::new(c, size, size, k, k, (stride, stride), (pad, pad));
             let x = data(images * g.image_len(), 5 * s as u64);
-            let masked = masked_by_definition(&x, &m, &keys);
+            let masked = m.masked_by_definition(&x, &keys);
             let w = data(co * g.col_rows(), 5 * s as u64 + 1);
             let dy = data(images * co * g.col_cols(), 5 * s as u64 + 2);
             for (pass, lanes) in [
@@ -270,7 +254,7 @@ fn masked_output_equals_the_mask_on_the_input_gradient() {
             let dy = data(images * co * g.col_cols(), 7 * s as u64);
             let w = data(co * g.col_rows(), 7 * s as u64 + 1);
             let dx = run_pass(&plain, &dy, &w, 1);
-            let want = masked_by_definition(&dx, &m, &keys);
+            let want = m.masked_by_definition(&dx, &keys);
             let masked = plain.clone().with_output_mask(m.clone());
             assert_eq!(masked.key_slots(), 2);
             assert!(masked

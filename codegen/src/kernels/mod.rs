@@ -1,6 +1,6 @@
 //! Low-level kernel toolkit: Cranelift-JIT fused elementwise loop nests,
-//! per-channel reductions and scalar loop nests (average pooling, option-A
-//! shortcut, softmax cross-entropy), a small persistent thread pool, and
+//! per-channel reductions and scalar loop nests (option-A shortcut, softmax
+//! cross-entropy), a small persistent thread pool, and
 //! GEMM / im2col / col2im helpers callable from JIT code.
 //!
 //! Kernel ABI (see [`jit::KernelFn`]):
@@ -13,7 +13,6 @@
 //! Dropout masks come from [`dropjit_graph::mask`]; the JIT emits the same
 //! hash and is tested to agree bit for bit.
 
-pub mod avg_pool;
 pub mod elementwise;
 pub mod expr;
 mod expr_to_clif;

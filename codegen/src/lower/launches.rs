@@ -1,15 +1,17 @@
 //! Nodes that become one launch each: convolution passes (with a bias add
 //! and BatchNorm's statistics folded into the forward pass when only they
 //! read its output, a dropout mask into the input gradient when only it reads
-//! it), GEMMs, max pooling in Rust, and the scalar loop nests.
+//! it), GEMMs, max and average pooling in Rust (a dropout mask folded into
+//! average pooling's input or gradient the same way), and the scalar loop
+//! nests.
 
 use dropjit_graph::interp::Nchw;
-use dropjit_graph::op::{Conv2dAttrs, MaskSpec, Op};
+use dropjit_graph::op::{Conv2dAttrs, MaskSpec, Op, PoolAttrs};
 use dropjit_graph::NodeId;
 
 use super::{KernelDef, Lower};
+use crate::avgpool::AvgPoolLaunch;
 use crate::conv::{ConvLaunch, ConvPass, InputMask};
-use crate::kernels::avg_pool::{AvgPoolKernel, PoolGeom};
 use crate::kernels::gemm::{ConvGeom, GemmDesc};
 use crate::kernels::shortcut::{ShortcutGeom, ShortcutKernel};
 use crate::kernels::softmax::SoftmaxXentKernel;
@@ -109,7 +111,7 @@ impl Lower<'_> {
         // A mask that alone reads the input gradient (the dropout's backward
         // `B ⊙ dx`) is applied to each image as the launch finishes it; the
         // unmasked gradient is then never stored.
-        if let Some((mask_node, m)) = self.output_mask_of(id, &launch) {
+        if let Some((mask_node, m)) = self.output_mask_of(id, launch.can_mask_output()) {
             self.conv_launch(&[id, mask_node], launch.with_output_mask(m), args, &[]);
             self.value[mask_node.index()] = Some(out);
             return;
@@ -118,9 +120,9 @@ impl Lower<'_> {
         self.value[id.index()] = Some(out);
     }
 
-    /// The mask node reading convolution gradient `id` and its mask, when
-    /// that node is the only reader and `launch` can apply it.
-    fn output_mask_of(&self, id: NodeId, launch: &ConvLaunch) -> Option<(NodeId, InputMask)> {
+    /// The mask node reading gradient `id` and its mask, when that node is
+    /// the only reader and the launch computing `id` can apply it (`can`).
+    fn output_mask_of(&self, id: NodeId, can: bool) -> Option<(NodeId, InputMask)> {
         let [user] = self.users[id.index()][..] else {
             return None;
         };
@@ -128,13 +130,13 @@ impl Lower<'_> {
         let Op::Mask(spec) = &node.op else {
             return None;
         };
-        (launch.can_mask_output() && node.inputs[0] == id && !self.outputs.contains(&id))
+        (can && node.inputs[0] == id && !self.outputs.contains(&id))
             .then(|| (user, input_mask(spec)))
     }
 
-    /// The buffer a convolution reads as its image input `id`, and the mask
-    /// to apply as it prepares each image when `id` is a mask node left to
-    /// it ([`Lower::masked_input`]).
+    /// The buffer a convolution or average pooling reads as its image input
+    /// `id`, and the mask to apply as it reads each image when `id` is a mask
+    /// node left to it ([`Lower::masked_input`]).
     fn conv_input(&self, id: NodeId) -> (BufRef, Option<InputMask>) {
         match self.masked_inputs.get(&id) {
             Some((x, m)) => (self.buf(*x), Some(m.clone())),
@@ -144,10 +146,10 @@ impl Lower<'_> {
 
     /// Mask node `id` as an [`InputMask`] when every reader is a direct or
     /// Winograd forward or a direct weight-gradient convolution taking it as
-    /// its image input,
-    /// which then masks each image as it prepares it: the masked tensor is
-    /// never written and read back (augmented dropout's `F ⊙ x` and `B ⊙ x`,
-    /// 8 MB each per site of ResNet-20's first stage).
+    /// its image input, or average pooling, which then masks each image as it
+    /// reads it: the masked tensor is never written and read back (augmented
+    /// dropout's `F ⊙ x` and `B ⊙ x`, 8 MB each per site of ResNet-20's
+    /// first stage; ConvNet-Quick's sites before average pooling).
     pub(super) fn masked_input(&self, id: NodeId) -> Option<(NodeId, InputMask)> {
         let node = self.g.node(id);
         let Op::Mask(spec) = &node.op else {
@@ -169,6 +171,7 @@ impl Lower<'_> {
                     let (x, co) = (self.nchw(id), self.nchw(un.inputs[0]).c);
                     ConvLaunch::new(ConvPass::GradWeight, conv_geom(x, a), self.n, co, self.isa)
                 }
+                Op::AvgPool2d(_) => return true,
                 _ => return false,
             };
             launch.can_mask_input()
@@ -276,8 +279,49 @@ impl Lower<'_> {
         self.value[id.index()] = Some(out);
     }
 
-    /// A scalar Cranelift loop nest (average pooling, the option-A shortcut,
-    /// the loss) and its launch.
+    /// Average pooling as a Rust launch, masking its input where the mask
+    /// node is left to it.
+    pub(super) fn avg_pool(&mut self, id: NodeId, pool: PoolAttrs) {
+        let input = self.g.node(id).inputs[0];
+        let (x, y) = (self.nchw(input), self.nchw(id));
+        let (xb, mask) = self.conv_input(input);
+        let mut launch = AvgPoolLaunch::new(false, pool, x, y, self.isa);
+        if let Some(m) = mask {
+            launch = launch.with_input_mask(m);
+        }
+        let out = self.temp(&self.g.node(id).name.clone(), y.len());
+        self.launch(
+            LaunchKind::Native(NativeOp::AvgPool(launch)),
+            vec![xb, out],
+            &[id],
+        );
+        self.value[id.index()] = Some(out);
+    }
+
+    /// Average pooling's gradient as a Rust launch, with the dropout mask
+    /// that alone reads it applied as each image is stored.
+    pub(super) fn avg_pool_grad(&mut self, id: NodeId, pool: PoolAttrs) {
+        let dy = self.g.node(id).inputs[0];
+        let (x, y) = (self.nchw(id), self.nchw(dy));
+        let mut launch = AvgPoolLaunch::new(true, pool, x, y, self.isa);
+        let out = self.temp(&self.g.node(id).name.clone(), x.len());
+        let args = vec![self.buf(dy), out];
+        if let Some((mask_node, m)) = self.output_mask_of(id, true) {
+            launch = launch.with_output_mask(m);
+            self.launch(
+                LaunchKind::Native(NativeOp::AvgPool(launch)),
+                args,
+                &[id, mask_node],
+            );
+            self.value[mask_node.index()] = Some(out);
+            return;
+        }
+        self.launch(LaunchKind::Native(NativeOp::AvgPool(launch)), args, &[id]);
+        self.value[id.index()] = Some(out);
+    }
+
+    /// A scalar Cranelift loop nest (the option-A shortcut, the loss) and its
+    /// launch.
     pub(super) fn scalar(&mut self, id: NodeId, op: ScalarOp, ins: &[NodeId]) {
         let name = self.g.node(id).name.clone();
         let (_, out_elems) = op.extents();
@@ -308,23 +352,6 @@ fn conv_geom(x: Nchw, a: &Conv2dAttrs) -> ConvGeom {
 fn scalar_kernel(op: &ScalarOp, symbol: &str, comment: &str) -> KernelDef {
     let (symbol, comment) = (symbol.to_string(), comment.to_string());
     match *op {
-        ScalarOp::AvgPool { pool, x, y } | ScalarOp::AvgPoolGrad { pool, x, y } => {
-            KernelDef::AvgPool(AvgPoolKernel {
-                symbol,
-                comment,
-                grad: matches!(op, ScalarOp::AvgPoolGrad { .. }),
-                planes: x.n * x.c,
-                geom: PoolGeom {
-                    in_h: x.h,
-                    in_w: x.w,
-                    out_h: y.h,
-                    out_w: y.w,
-                    kernel: pool.kernel,
-                    stride: pool.stride,
-                    padding: pool.padding,
-                },
-            })
-        }
         ScalarOp::ShortcutA { stride, x, y } | ScalarOp::ShortcutAGrad { stride, x, y } => {
             KernelDef::Shortcut(ShortcutKernel {
                 symbol,

@@ -3,11 +3,14 @@
 //! its buffers and launches, and the dispatch of each node.
 //!
 //! - Each convolution pass is one launch of the convolution engine
-//!   ([`crate::conv`]); linear layers are batched SGEMMs; max pooling is a
-//!   Rust launch ([`crate::maxpool`]) (`launches`). A dropout mask read only
-//!   by direct convolutions as their image input (`F ⊙ x` into the next
-//!   convolution, `B ⊙ x` into its weight gradient) is applied as they
-//!   prepare each image and never stored (`launches::masked_input`).
+//!   ([`crate::conv`]); linear layers are batched SGEMMs; max and average
+//!   pooling are Rust launches ([`crate::maxpool`], [`crate::avgpool`])
+//!   (`launches`). A dropout mask read only by convolutions or average
+//!   pooling as their image input (`F ⊙ x` into the next layer, `B ⊙ x` into
+//!   a weight gradient or the backward pass's pooled copy) is applied as they
+//!   read each image and never stored (`launches::masked_input`); a mask that
+//!   alone reads a convolution's or average pooling's input gradient is
+//!   applied as that gradient is stored (`launches::output_mask_of`).
 //! - Runs of consecutive elementwise nodes over the same iteration space
 //!   (bias, BatchNorm-apply, ReLU, dropout masks, add, ReLU gradient, the
 //!   running-statistics updates) fuse into one Cranelift loop nest; only
@@ -18,8 +21,8 @@
 //!   count; global average pooling is a Cranelift reduction over each plane
 //!   (`channel_stats`). BatchNorm's input gradient is a reduction plus an
 //!   elementwise node that joins the next fused run (`bn_grad`).
-//! - Average pooling windows, the option-A shortcut and the loss are scalar
-//!   Cranelift loop nests (`launches`; `kernels::{avg_pool, shortcut, softmax}`).
+//! - The option-A shortcut and the loss are scalar Cranelift loop nests
+//!   (`launches`; `kernels::{shortcut, softmax}`).
 //! - The SGD updates are deferred to the end of the step and fused per run of
 //!   parameters that share their hyper-parameters (`sgd`).
 
@@ -34,7 +37,6 @@ use dropjit_graph::op::Op;
 use dropjit_graph::{Graph, NodeId, TensorType};
 
 use crate::conv::{ConvIsa, ConvPass, InputMask};
-use crate::kernels::avg_pool::AvgPoolKernel;
 use crate::kernels::elementwise::ElementwiseKernel;
 use crate::kernels::expr::{BufId, Dims};
 use crate::kernels::reduce::ReduceKernel;
@@ -51,7 +53,6 @@ use fusion::Group;
 pub enum KernelDef {
     Elementwise(ElementwiseKernel),
     Reduce(ReduceKernel),
-    AvgPool(AvgPoolKernel),
     Shortcut(ShortcutKernel),
     SoftmaxXent(SoftmaxXentKernel),
 }
@@ -280,10 +281,7 @@ impl Lower<'_> {
                 };
                 self.max_pool(id, launch, &[ins[0]]);
             }
-            Op::AvgPool2d(p) => {
-                let (x, y) = (self.nchw(ins[0]), self.nchw(id));
-                self.scalar(id, ScalarOp::AvgPool { pool: *p, x, y }, &[ins[0]])
-            }
+            Op::AvgPool2d(p) => self.avg_pool(id, *p),
             Op::MaxPool2dGrad(p) => {
                 let (x, y) = (self.nchw(ins[1]), self.nchw(ins[0]));
                 let launch = MaxPoolLaunch {
@@ -295,10 +293,7 @@ impl Lower<'_> {
                 };
                 self.max_pool(id, launch, &[ins[0], ins[1]]);
             }
-            Op::AvgPool2dGrad { pool, .. } => {
-                let (x, y) = (self.nchw(id), self.nchw(ins[0]));
-                self.scalar(id, ScalarOp::AvgPoolGrad { pool: *pool, x, y }, &[ins[0]])
-            }
+            Op::AvgPool2dGrad { pool, .. } => self.avg_pool_grad(id, *pool),
             Op::ShortcutA { stride, .. } => {
                 let (x, y) = (self.nchw(ins[0]), self.nchw(id));
                 self.scalar(

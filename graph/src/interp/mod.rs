@@ -6,7 +6,9 @@
 mod kernels;
 mod real;
 
-pub use kernels::{conv2d, conv2d_grad_input, conv2d_grad_weight, window, Nchw};
+pub use kernels::{
+    avg_pool, avg_pool_grad, conv2d, conv2d_grad_input, conv2d_grad_weight, window, Nchw,
+};
 pub use real::Real;
 
 use crate::error::{GraphError, Result};
