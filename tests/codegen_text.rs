@@ -61,6 +61,19 @@ fn plans_of_both_models() {
                 "{plan}"
             );
             assert!(plan.contains("; layer1.0.relu1.grad_input\n"), "{plan}");
+            // ... and records B for the weight gradient, which reads it.
+            assert!(
+                plan.lines().any(|l| l.contains("conv GradInput")
+                    && l.contains("kept bytes written")
+                    && l.ends_with("; layer1.0.conv2.grad_input layer1.0.drop.grad_input")),
+                "{plan}"
+            );
+            assert!(
+                plan.lines().any(|l| l.contains("conv GradWeight")
+                    && l.contains("kept bytes read")
+                    && l.ends_with("; layer1.0.conv2.grad_weight")),
+                "{plan}"
+            );
             // Every convolution followed by BatchNorm takes its statistics
             // while it writes its output: no reduction reads it again.
             let fused = plan
@@ -133,9 +146,21 @@ fn plans_of_both_models() {
                 let bwd = "input masked as read (2 factor(s)";
                 let grad = "output masked as stored (2 factor(s)";
                 assert!(pool("avg_pool2d", fwd, &format!("; pool{site}")), "{plan}");
-                assert!(pool("avg_pool2d", bwd, &format!("; pool{site}.saved")), "{plan}");
+                assert!(
+                    pool("avg_pool2d", bwd, &format!("; pool{site}.saved")),
+                    "{plan}"
+                );
                 let nodes = format!("; pool{site}.grad_input drop{site}.grad_input");
                 assert!(pool("avg_pool2d_grad", grad, &nodes), "{plan}");
+                // B is hashed once in the backward pass: the pooled copy
+                // records it, the gradient reads the record.
+                let written = "2 factor(s), scale 1.250125, kept bytes written";
+                let read = "2 factor(s), scale 1.250125, kept bytes read";
+                assert!(
+                    pool("avg_pool2d", written, &format!("; pool{site}.saved")),
+                    "{plan}"
+                );
+                assert!(pool("avg_pool2d_grad", read, &nodes), "{plan}");
                 assert!(plan.contains(&format!("; relu{site}\n")), "{plan}");
             }
             assert!(!plan.contains(" keys+"), "{plan}");

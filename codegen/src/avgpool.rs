@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use dropjit_graph::interp::{window, Nchw};
 use dropjit_graph::op::PoolAttrs;
 
-use crate::conv::{ConvIsa, InputMask};
+use crate::conv::{ConvIsa, InputMask, KeptBytes, MaskArgs};
 use crate::kernels::parallel::global_pool;
 
 /// A plane's windows: clipped bounds of every output row and column, the
@@ -150,14 +150,23 @@ impl AvgPoolLaunch {
         self
     }
 
-    /// Elements each argument must hold.
+    /// Elements each argument must hold: input, output, then the mask's
+    /// record where it has one (one byte per element of `x`).
     pub fn extents(&self) -> Vec<usize> {
         let (x, y) = (self.x.len(), self.y.len());
-        if self.grad {
-            vec![y, x]
-        } else {
-            vec![x, y]
+        let mut e = if self.grad { vec![y, x] } else { vec![x, y] };
+        if self.recording_mask().is_some() {
+            e.push(x.div_ceil(4));
         }
+        e
+    }
+
+    /// The mask that records or reads which elements it keeps, if any.
+    fn recording_mask(&self) -> Option<&InputMask> {
+        [&self.input_mask, &self.output_mask]
+            .into_iter()
+            .flatten()
+            .find(|m| m.kept != KeptBytes::None)
     }
 
     /// One past the largest mask key slot the launch reads.
@@ -169,9 +178,10 @@ impl AvgPoolLaunch {
     pub fn describe(&self) -> String {
         let mask = |m: &Option<InputMask>, what: &str| match m {
             Some(m) => format!(
-                ", {what} ({} factor(s), scale {})",
+                ", {what} ({} factor(s), scale {}{})",
                 m.factors.len(),
-                m.scale
+                m.scale,
+                m.kept_text()
             ),
             None => String::new(),
         };
@@ -201,7 +211,13 @@ impl AvgPoolLaunch {
         let planes = x.n * x.c;
         let per_task = (TASK_ELEMS / xp).max(1);
         let p: Vec<usize> = ptrs.iter().map(|&q| q as usize).collect();
-        let keys = keys as usize;
+        let masks = MaskArgs {
+            keys,
+            kept: match self.recording_mask() {
+                Some(_) => ptrs[2] as *mut u8,
+                None => std::ptr::null_mut(),
+            },
+        };
         global_pool().parallel_for_on(planes.div_ceil(per_task), threads, &|t| {
             let (first, end) = (t * per_task, ((t + 1) * per_task).min(planes));
             let n = end - first;
@@ -210,7 +226,7 @@ impl AvgPoolLaunch {
                 let dx = std::slice::from_raw_parts_mut((p[1] as *mut f32).add(first * xp), n * xp);
                 grad_planes(self.isa, dy, dx, &win);
                 if let Some(m) = &self.output_mask {
-                    m.apply_in_place(self.isa, keys as _, dx.as_mut_ptr(), first * xp, n * xp);
+                    m.apply_in_place(self.isa, masks, dx.as_mut_ptr(), first * xp, n * xp);
                 }
                 return;
             }
@@ -220,14 +236,7 @@ impl AvgPoolLaunch {
                 Some(m) => MASKED.with(|buf| {
                     let mut buf = buf.borrow_mut();
                     buf.resize(n * xp, 0.0);
-                    m.apply(
-                        self.isa,
-                        keys as _,
-                        src,
-                        first * xp,
-                        n * xp,
-                        buf.as_mut_ptr(),
-                    );
+                    m.apply(self.isa, masks, src, first * xp, n * xp, buf.as_mut_ptr());
                     forward_planes(self.isa, &buf, ys, &win);
                 }),
                 None => forward_planes(self.isa, std::slice::from_raw_parts(src, n * xp), ys, &win),
@@ -413,9 +422,21 @@ mod tests {
     use dropjit_graph::interp::{avg_pool, avg_pool_grad};
     use dropjit_graph::mask;
 
-    fn run(l: &AvgPoolLaunch, input: &[f32], keys: &[u64], threads: usize) -> Vec<f32> {
-        let mut out = vec![f32::NAN; *l.extents().last().unwrap()];
-        let ptrs = [input.as_ptr() as *mut f32, out.as_mut_ptr()];
+    /// Runs `l` on `input`, with the mask's record where it has one.
+    fn run(
+        l: &AvgPoolLaunch,
+        input: &[f32],
+        keys: &[u64],
+        threads: usize,
+        record: &mut [u8],
+    ) -> Vec<f32> {
+        let e = l.extents();
+        let mut out = vec![f32::NAN; e[1]];
+        let mut ptrs = vec![input.as_ptr() as *mut f32, out.as_mut_ptr()];
+        if e.len() > 2 {
+            assert_eq!(record.len().div_ceil(4), e[2]);
+            ptrs.push(record.as_mut_ptr() as *mut f32);
+        }
         unsafe { l.run(&ptrs, keys.as_ptr(), threads) };
         out
     }
@@ -431,13 +452,13 @@ mod tests {
             mask::mask_key(9, 4, 2, mask::Stream::F),
             mask::mask_key(9, 4, 2, mask::Stream::G),
         ];
-        let m = InputMask {
-            factors: vec![
+        let m = InputMask::new(
+            vec![
                 (0, mask::keep_threshold(0.3)),
                 (1, mask::keep_threshold(0.4)),
             ],
-            scale: mask::keep_scale(&[0.3, 0.4]) as f32,
-        };
+            mask::keep_scale(&[0.3, 0.4]) as f32,
+        );
         for &(n, c, h, w, k, s, pad, ceil) in &[
             (3, 32, 16, 16, 3, 2, 0, true),
             (2, 3, 7, 9, 3, 2, 1, false),
@@ -494,16 +515,38 @@ mod tests {
                         "masked gradient",
                     ),
                 ];
+                let kept = m.kept_by_definition(x.len(), &keys);
+                let zeros = [0u64; 2];
                 for (launch, input, want, what) in cases {
-                    let what = format!("{what} {isa} {x:?} k{k} s{s} p{pad}");
-                    for threads in [1, 2, 3] {
-                        let got = run(&launch, input, &keys, threads);
-                        for (i, (g, w)) in got.iter().zip(want).enumerate() {
-                            assert_eq!(
-                                g.to_bits(),
-                                w.to_bits(),
-                                "{what}, {threads} thread(s): element {i} is {g}, want {w}"
-                            );
+                    let masked = launch.key_slots() > 0;
+                    let modes: &[KeptBytes] = if masked {
+                        &[KeptBytes::None, KeptBytes::Write, KeptBytes::Read]
+                    } else {
+                        &[KeptBytes::None]
+                    };
+                    for &mode in modes {
+                        let mut l = launch.clone();
+                        if let Some(m) = l.input_mask.as_mut().or(l.output_mask.as_mut()) {
+                            m.kept = mode;
+                        }
+                        let what = format!("{what} {mode:?} {isa} {x:?} k{k} s{s} p{pad}");
+                        for threads in [1, 2, 3] {
+                            // Reading the record needs no keys: wrong ones here.
+                            let (keys, mut record) = match mode {
+                                KeptBytes::Read => (&zeros, kept.clone()),
+                                _ => (&keys, vec![9u8; x.len()]),
+                            };
+                            let got = run(&l, input, keys, threads, &mut record);
+                            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                                assert_eq!(
+                                    g.to_bits(),
+                                    w.to_bits(),
+                                    "{what}, {threads} thread(s): element {i} is {g}, want {w}"
+                                );
+                            }
+                            if mode == KeptBytes::Write {
+                                assert_eq!(record, kept, "{what}: record");
+                            }
                         }
                     }
                 }
@@ -519,13 +562,13 @@ mod tests {
             mask::mask_key(1, 1, 1, mask::Stream::F),
             mask::mask_key(1, 1, 1, mask::Stream::G),
         ];
-        let m = InputMask {
-            factors: vec![
+        let m = InputMask::new(
+            vec![
                 (0, mask::keep_threshold(0.2)),
                 (1, mask::keep_threshold(0.0001)),
             ],
-            scale: mask::keep_scale(&[0.2, 0.0001]) as f32,
-        };
+            mask::keep_scale(&[0.2, 0.0001]) as f32,
+        );
         let pool = PoolAttrs {
             kernel: 3,
             stride: 2,
@@ -555,7 +598,7 @@ mod tests {
                 (grad.clone(), &dys),
                 (grad.with_output_mask(m.clone()), &dys),
             ] {
-                let mut out = vec![0f32; *l.extents().last().unwrap()];
+                let mut out = vec![0f32; l.extents()[1]];
                 let ptrs = [input.as_ptr() as *mut f32, out.as_mut_ptr()];
                 let reps = 200;
                 let t = std::time::Instant::now();

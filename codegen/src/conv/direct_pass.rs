@@ -2,6 +2,7 @@
 //! image prepared into per-thread scratch and handed to the micro-kernels of
 //! the launch's instruction set.
 
+use super::input_mask::MaskArgs;
 use super::prep;
 use super::wgrad_lanes;
 use super::winograd;
@@ -14,7 +15,7 @@ impl ConvLaunch {
         k: &direct::Kernels,
         pass: ConvPass,
         ptrs: &[*mut f32],
-        keys: usize,
+        masks: MaskArgs,
         threads: usize,
     ) {
         let (g, co) = (&self.geom, self.out_channels);
@@ -72,7 +73,7 @@ impl ConvLaunch {
         for_each_image(self.images, threads, &|n| {
             with_scratch(len, |buf| {
                 if pass == ConvPass::Forward {
-                    self.prepare_image(&p, src, n, keys, buf, k.lanes);
+                    self.prepare_image(&p, src, n, masks, buf, k.lanes);
                 } else {
                     p.fill((src as *const f32).add(n * in_len), buf, k.lanes);
                 }
@@ -86,14 +87,14 @@ impl ConvLaunch {
                     (dst as *mut f32).add(n * out_len),
                 );
             });
-            self.after_image(dst, scratch, n, keys);
+            self.after_image(dst, scratch, n, masks);
         });
     }
 
     /// A Winograd forward or input-gradient pass: the transformed weights
     /// packed once, then each group of images ([`winograd::Tiles::images`])
     /// transformed, multiplied and transformed back on one thread.
-    pub(super) unsafe fn winograd_pass(&self, ptrs: &[*mut f32], keys: usize, threads: usize) {
+    pub(super) unsafe fn winograd_pass(&self, ptrs: &[*mut f32], masks: MaskArgs, threads: usize) {
         let (t, k) = self.winograd_tiles();
         let (g, cb) = (&self.geom, k.forward_block);
         let packed = std::slice::from_raw_parts_mut(ptrs[3], t.packed_len(cb));
@@ -132,7 +133,7 @@ impl ConvLaunch {
             with_scratch(t.scratch(cb), |buf| {
                 for i in 0..count {
                     if self.pass == ConvPass::Forward {
-                        self.with_image(src, first + i, keys, |img| {
+                        self.with_image(src, first + i, masks, |img| {
                             (k.winograd_input)(&t, img, i, buf)
                         });
                     } else {
@@ -151,7 +152,7 @@ impl ConvLaunch {
                 );
             });
             for n in first..first + count {
-                self.after_image(dst, scratch, n, keys);
+                self.after_image(dst, scratch, n, masks);
             }
         });
     }
@@ -160,7 +161,7 @@ impl ConvLaunch {
         &self,
         k: &direct::Kernels,
         ptrs: &[*mut f32],
-        keys: usize,
+        masks: MaskArgs,
         threads: usize,
     ) {
         let (g, co) = (&self.geom, self.out_channels);
@@ -173,7 +174,7 @@ impl ConvLaunch {
         self.weight_grad_batches(
             k,
             ptrs,
-            keys,
+            masks,
             threads,
             dy_len,
             &|img, dst| {
@@ -195,7 +196,7 @@ impl ConvLaunch {
         &self,
         k: &direct::Kernels,
         ptrs: &[*mut f32],
-        keys: usize,
+        masks: MaskArgs,
         threads: usize,
     ) {
         let (g, co) = (&self.geom, self.out_channels);
@@ -208,7 +209,7 @@ impl ConvLaunch {
         self.weight_grad_batches(
             k,
             ptrs,
-            keys,
+            masks,
             threads,
             dy_len,
             &|img, dst| {
@@ -246,7 +247,7 @@ impl ConvLaunch {
         &self,
         k: &direct::Kernels,
         ptrs: &[*mut f32],
-        keys: usize,
+        masks: MaskArgs,
         threads: usize,
         dy_len: usize,
         fill_dy: &(dyn Fn(usize, *mut f32) + Sync),
@@ -263,7 +264,7 @@ impl ConvLaunch {
                 with_scratch(images * (x_len + dy_len), |buf| {
                     let dys = buf.add(images * x_len);
                     for i in 0..images {
-                        self.prepare_image(&p, x, n + i, keys, buf.add(i * x_len), k.lanes);
+                        self.prepare_image(&p, x, n + i, masks, buf.add(i * x_len), k.lanes);
                         fill_dy(n + i, dys.add(i * dy_len));
                     }
                     kernel(images, buf, x_len, dys, partial);

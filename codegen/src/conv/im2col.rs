@@ -2,7 +2,7 @@
 //! per-thread scratch and multiplied with matrixmultiply; the input gradient
 //! folds the product back (col2im).
 
-use super::{for_each_image, with_scratch, ConvLaunch, ConvPass};
+use super::{for_each_image, with_scratch, ConvLaunch, ConvPass, MaskArgs};
 use crate::kernels::gemm::{col2im_image, dropjit_sgemm, im2col_image, GemmDesc};
 
 /// # Safety
@@ -37,7 +37,7 @@ pub(super) unsafe fn run(l: &ConvLaunch, ptrs: &[*mut f32], threads: usize) {
                     plane.iter_mut().for_each(|v| *v += b);
                 }
             }
-            l.after_image(out, scratch, n, 0);
+            l.after_image(out, scratch, n, MaskArgs::keys(std::ptr::null()));
         }),
         ConvPass::GradInput => for_each_image(l.images, threads, &|n| {
             with_scratch(kk * hw, |col| {

@@ -28,7 +28,7 @@ mod winograd;
 
 use std::cell::RefCell;
 
-pub use input_mask::InputMask;
+pub use input_mask::{InputMask, KeptBytes, MaskArgs};
 pub use isa::{ConvIsa, ISA_ENV};
 pub use peak::fma_peak_gflops;
 use prep::Prep;
@@ -282,7 +282,26 @@ impl ConvLaunch {
         if self.stats {
             e.extend([self.out_channels; 2]);
         }
+        if self.kept_arg().is_some() {
+            // One byte per element of the masked (image-shaped) tensor.
+            e.push((self.images * g.image_len()).div_ceil(4));
+        }
         e
+    }
+
+    /// The mask that records or reads which elements it keeps, if any.
+    fn recording_mask(&self) -> Option<&InputMask> {
+        [&self.input_mask, &self.output_mask]
+            .into_iter()
+            .flatten()
+            .find(|m| m.kept != KeptBytes::None)
+    }
+
+    /// Index of the argument holding the mask's record, when it has one
+    /// (after the bias and the statistics).
+    pub fn kept_arg(&self) -> Option<usize> {
+        self.recording_mask()?;
+        Some(4 + self.bias as usize + 2 * self.stats as usize)
     }
 
     /// The pass and its geometry: `Forward 16x32x32 -> 16 k3 s1 p1`.
@@ -327,9 +346,10 @@ impl ConvLaunch {
     fn mask_text(&self) -> String {
         let text = |m: &Option<InputMask>, what: &str| match m {
             Some(m) => format!(
-                ", {what} ({} factor(s), scale {})",
+                ", {what} ({} factor(s), scale {}{})",
                 m.factors.len(),
-                m.scale
+                m.scale,
+                m.kept_text()
             ),
             None => String::new(),
         };
@@ -426,18 +446,12 @@ impl ConvLaunch {
     ///
     /// # Safety
     /// As [`ConvLaunch::run`]; `n` is an image of the batch.
-    pub(super) unsafe fn after_image(&self, out: usize, scratch: usize, n: usize, keys: usize) {
+    pub(super) unsafe fn after_image(&self, out: usize, scratch: usize, n: usize, masks: MaskArgs) {
         if let (Some(m), ConvAlgo::Direct(isa) | ConvAlgo::Winograd(isa)) =
             (&self.output_mask, self.algo)
         {
             let len = self.geom.image_len();
-            m.apply_in_place(
-                isa,
-                keys as *const u64,
-                (out as *mut f32).add(n * len),
-                n * len,
-                len,
-            );
+            m.apply_in_place(isa, masks, (out as *mut f32).add(n * len), n * len, len);
         }
         if self.stats {
             let (co, plane) = (self.out_channels, self.geom.col_cols());
@@ -451,18 +465,24 @@ impl ConvLaunch {
     }
 
     unsafe fn run_pass(&self, ptrs: &[*mut f32], keys: *const u64, threads: usize) {
-        let keys = keys as usize;
+        let masks = MaskArgs {
+            keys,
+            kept: match self.kept_arg() {
+                Some(k) => ptrs[k] as *mut u8,
+                None => std::ptr::null_mut(),
+            },
+        };
         match self.algo {
             ConvAlgo::Im2col => im2col::run(self, ptrs, threads),
-            ConvAlgo::Winograd(_) => self.winograd_pass(ptrs, keys, threads),
+            ConvAlgo::Winograd(_) => self.winograd_pass(ptrs, masks, threads),
             ConvAlgo::Direct(isa) => {
                 let k = direct::kernels(isa).expect("Direct launches have kernels");
                 match self.pass {
                     ConvPass::GradWeight if self.weight_grad_lanes => {
-                        self.direct_weight_grad_lanes(&k, ptrs, keys, threads)
+                        self.direct_weight_grad_lanes(&k, ptrs, masks, threads)
                     }
-                    ConvPass::GradWeight => self.direct_weight_grad(&k, ptrs, keys, threads),
-                    pass => self.direct_forward(&k, pass, ptrs, keys, threads),
+                    ConvPass::GradWeight => self.direct_weight_grad(&k, ptrs, masks, threads),
+                    pass => self.direct_forward(&k, pass, ptrs, masks, threads),
                 }
             }
         }
@@ -479,11 +499,11 @@ impl ConvLaunch {
         p: &Prep,
         x: usize,
         n: usize,
-        keys: usize,
+        masks: MaskArgs,
         dst: *mut f32,
         lanes: usize,
     ) {
-        self.with_image(x, n, keys, |img| p.fill(img, dst, lanes))
+        self.with_image(x, n, masks, |img| p.fill(img, dst, lanes))
     }
 
     /// Runs `f` on image `n` of the image input `x`, masked first into a
@@ -495,7 +515,7 @@ impl ConvLaunch {
         &self,
         x: usize,
         n: usize,
-        keys: usize,
+        masks: MaskArgs,
         f: impl FnOnce(*const f32),
     ) {
         let len = self.geom.image_len();
@@ -510,7 +530,7 @@ impl ConvLaunch {
             if v.len() < len {
                 v.resize(len, 0.0);
             }
-            m.apply(isa, keys as *const u64, img, n * len, len, v.as_mut_ptr());
+            m.apply(isa, masks, img, n * len, len, v.as_mut_ptr());
             f(v.as_ptr());
         })
     }

@@ -54,18 +54,34 @@ fn run_pass(l: &ConvLaunch, a: &[f32], b: &[f32], threads: usize) -> Vec<f32> {
 
 /// [`run_pass`] with the step's mask key table.
 fn run_pass_keyed(l: &ConvLaunch, a: &[f32], b: &[f32], threads: usize, keys: &[u64]) -> Vec<f32> {
+    run_pass_recorded(l, a, b, threads, keys, &mut [])
+}
+
+/// [`run_pass_keyed`] with the mask's record where the launch has one.
+fn run_pass_recorded(
+    l: &ConvLaunch,
+    a: &[f32],
+    b: &[f32],
+    threads: usize,
+    keys: &[u64],
+    record: &mut [u8],
+) -> Vec<f32> {
     assert!(keys.len() >= l.key_slots() as usize);
     let e = l.extents();
     let mut out = vec![f32::NAN; e[2] + GUARD];
     let mut scratch = vec![f32::NAN; e[3] + GUARD];
     out[e[2]..].fill(SENTINEL);
     scratch[e[3]..].fill(SENTINEL);
-    let ptrs = [
+    let mut ptrs = vec![
         a.as_ptr() as *mut f32,
         b.as_ptr() as *mut f32,
         out.as_mut_ptr(),
         scratch.as_mut_ptr(),
     ];
+    if let Some(k) = l.kept_arg() {
+        assert_eq!((k, record.len().div_ceil(4)), (4, e[4]));
+        ptrs.push(record.as_mut_ptr() as *mut f32);
+    }
     assert!(a.len() >= e[0] && b.len() >= e[1]);
     unsafe { l.run(&ptrs, keys.as_ptr(), threads) };
     assert!(
@@ -180,10 +196,10 @@ fn masked_input_equals_the_pass_on_the_masked_tensor() {
         mask::mask_key(9, 4, 2, mask::Stream::G),
     ];
     let (pf, pg) = (0.3, 0.25);
-    let m = InputMask {
-        factors: vec![(1, mask::keep_threshold(pf)), (2, mask::keep_threshold(pg))],
-        scale: mask::keep_scale(&[pf, pg]) as f32,
-    };
+    let m = InputMask::new(
+        vec![(1, mask::keep_threshold(pf)), (2, mask::keep_threshold(pg))],
+        mask::keep_scale(&[pf, pg]) as f32,
+    );
     for isa in ConvIsa::ALL.into_iter().filter(|i| i.available()) {
         for (s, &(c, size, co, k, stride, pad, images)) in SHAPES.iter().enumerate() {
             let g = ConvGeom::new(c, size, size, k, k, (stride, stride), (pad, pad));
@@ -208,14 +224,38 @@ fn masked_input_equals_the_pass_on_the_masked_tensor() {
                     _ => (&dy, &masked, &dy, &x),
                 };
                 let want = run_pass(&plain, a, b, 2);
-                for threads in [1, 3] {
-                    let got = run_pass_keyed(&with_mask, am, bm, threads, &keys);
+                let same = |got: &[f32], what: &str| {
                     assert!(
                         got.iter()
                             .zip(&want)
                             .all(|(g, w)| g.to_bits() == w.to_bits()),
-                        "{isa} {pass:?} (lanes {lanes}) shape {s} threads {threads}"
+                        "{isa} {pass:?} (lanes {lanes}) shape {s} {what}"
                     );
+                };
+                let kept = m.kept_by_definition(x.len(), &keys);
+                let recording = |mode| {
+                    let mut l = with_mask.clone();
+                    l.input_mask.as_mut().unwrap().kept = mode;
+                    l
+                };
+                for threads in [1, 3] {
+                    same(
+                        &run_pass_keyed(&with_mask, am, bm, threads, &keys),
+                        "hashed",
+                    );
+                    // Writing the record: the same values, and the bytes.
+                    let mut record = vec![9u8; x.len()];
+                    let l = recording(KeptBytes::Write);
+                    same(
+                        &run_pass_recorded(&l, am, bm, threads, &keys, &mut record),
+                        "writing",
+                    );
+                    assert_eq!(record, kept, "{isa} {pass:?} shape {s}: record");
+                    // Reading it (keys that would hash otherwise: unused).
+                    let l = recording(KeptBytes::Read);
+                    let zeros = [0u64; 3];
+                    let got = run_pass_recorded(&l, am, bm, threads, &zeros, &mut kept.clone());
+                    same(&got, "reading");
                 }
             }
         }
@@ -234,10 +274,10 @@ fn masked_output_equals_the_mask_on_the_input_gradient() {
         mask::mask_key(5, 3, 1, mask::Stream::G),
     ];
     let (pf, pg) = (0.3, 0.25);
-    let m = InputMask {
-        factors: vec![(0, mask::keep_threshold(pf)), (1, mask::keep_threshold(pg))],
-        scale: mask::keep_scale(&[pf, pg]) as f32,
-    };
+    let m = InputMask::new(
+        vec![(0, mask::keep_threshold(pf)), (1, mask::keep_threshold(pg))],
+        mask::keep_scale(&[pf, pg]) as f32,
+    );
     let mut covered = (false, false);
     for isa in ConvIsa::ALL.into_iter().filter(|i| i.available()) {
         for (s, &(c, size, co, k, stride, pad, images)) in SHAPES.iter().enumerate() {
@@ -260,14 +300,35 @@ fn masked_output_equals_the_mask_on_the_input_gradient() {
             assert!(masked
                 .describe()
                 .contains("output masked as stored (2 factor(s)"));
+            let kept = m.kept_by_definition(dx.len(), &keys);
+            let recording = |mode| {
+                let mut l = masked.clone();
+                l.output_mask.as_mut().unwrap().kept = mode;
+                l
+            };
             for threads in [1, 3] {
-                let got = run_pass_keyed(&masked, &dy, &w, threads, &keys);
-                assert!(
-                    got.iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "{isa} {:?} shape {s} threads {threads}",
-                    masked.algo
+                let same = |got: &[f32], what: &str| {
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{isa} {:?} shape {s} threads {threads} {what}",
+                        masked.algo
+                    );
+                };
+                same(&run_pass_keyed(&masked, &dy, &w, threads, &keys), "hashed");
+                let mut record = vec![9u8; dx.len()];
+                let l = recording(KeptBytes::Write);
+                same(
+                    &run_pass_recorded(&l, &dy, &w, threads, &keys, &mut record),
+                    "writing",
+                );
+                assert_eq!(record, kept, "{isa} shape {s}: record");
+                let zeros = [0u64; 2];
+                let l = recording(KeptBytes::Read);
+                same(
+                    &run_pass_recorded(&l, &dy, &w, threads, &zeros, &mut kept.clone()),
+                    "reading",
                 );
             }
         }

@@ -34,10 +34,7 @@ fn input_mask(spec: &MaskSpec) -> InputMask {
         })
         .filter(|&(_, t)| t > 0)
         .collect();
-    InputMask {
-        factors,
-        scale: spec.scale() as f32,
-    }
+    InputMask::new(factors, spec.scale() as f32)
 }
 
 impl Lower<'_> {

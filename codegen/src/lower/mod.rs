@@ -30,6 +30,7 @@ mod bn_grad;
 mod channel_stats;
 mod fusion;
 mod launches;
+mod mask_records;
 mod sgd;
 
 use dropjit_graph::interp::Nchw;
@@ -150,6 +151,7 @@ pub fn lower_graph(
     }
     l.flush()?;
     l.sgd_updates()?;
+    mask_records::share_mask_records(&mut l.sched);
     let outputs = g
         .outputs
         .iter()
