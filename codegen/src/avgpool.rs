@@ -201,7 +201,8 @@ impl AvgPoolLaunch {
     }
 
     /// # Safety
-    /// `ptrs` holds one buffer per [`AvgPoolLaunch::extents`] entry, `keys`
+    /// `ptrs` holds one buffer per [`AvgPoolLaunch::extents`] entry (the
+    /// mask's record last, where it has one), `keys`
     /// [`AvgPoolLaunch::key_slots`] keys; the output overlaps no input; the
     /// launch's instruction set runs on this CPU.
     pub unsafe fn run(&self, ptrs: &[*mut f32], keys: *const u64, threads: usize) {

@@ -605,3 +605,55 @@ fn bench_profile_names_the_convolution_algorithms() {
     let text = String::from_utf8_lossy(&off.stdout);
     assert!(!text.contains("winograd"), "{text}");
 }
+
+/// `bench --vs-plain` times the plain step alternating with the chosen mode
+/// in one process and reports the ratio of their speeds (text and JSON);
+/// it refuses the evaluation pass and the profile.
+#[test]
+fn bench_vs_plain_reports_the_modes_cost() {
+    let base = [
+        "bench",
+        "--graph",
+        "models/convnet_quick.json",
+        "--batch",
+        "2",
+        "--steps",
+        "3",
+        "--fwd",
+        "0.2",
+        "--bwd",
+        "0.0001",
+        "--vs-plain",
+    ];
+    let text = ok(&run_dropjit(&base));
+    let line = text
+        .lines()
+        .find(|l| l.contains("against plain, alternating step by step"))
+        .unwrap_or_else(|| panic!("no comparison line in:\n{text}"));
+    assert!(
+        line.contains("augmented(fwd=0.2,bwd=0.0001) / plain"),
+        "{line}"
+    );
+    assert!(line.contains("3 pairs"), "{line}");
+    let json: serde_json::Value =
+        serde_json::from_str(ok(&run_dropjit(&[&base[..], &["--json"]].concat())).trim())
+            .expect("one JSON object");
+    let ratio = json["vs_plain_median"].as_f64().expect("vs_plain_median");
+    let plain_ms = json["plain_step_ms_median"]
+        .as_f64()
+        .expect("plain_step_ms_median");
+    let [lo, hi] = [0, 1].map(|i| json["vs_plain_quartiles"][i].as_f64().expect("quartiles"));
+    assert!(
+        ratio > 0.0 && plain_ms > 0.0 && lo <= ratio && ratio <= hi,
+        "{json}"
+    );
+    // Without --vs-plain there is no comparison.
+    let alone = ok(&run_dropjit(&base[..base.len() - 1]));
+    assert!(!alone.contains("against plain"), "{alone}");
+    for extra in ["--eval", "--profile"] {
+        fails_with(
+            &run_dropjit(&[&base[..], &[extra]].concat()),
+            "--vs-plain times training steps",
+        );
+    }
+}

@@ -1,11 +1,14 @@
-//! A dropout mask applied to a convolution's image input while each image is
-//! prepared, so the masked tensor (`F ⊙ x` for the forward pass, `B ⊙ x` for
-//! the weight gradient) is never written to memory and read back: augmented
-//! dropout's extra cost was that traffic, not the hashing.
+//! A dropout mask applied by a native launch as it reads its image input
+//! (a convolution preparing each image, average pooling) or stores its
+//! output (an input gradient), so the masked tensor (`F ⊙ x` for the forward
+//! pass, `B ⊙ x` for a weight gradient, `B ⊙ dx`) is never written to memory
+//! and read back: augmented dropout's extra cost was that traffic.
 //!
-//! Element `e` of the whole input (`N·C·H·W`, flat) becomes `x[e] · scale`
+//! Element `e` of the whole tensor (`N·C·H·W`, flat) becomes `x[e] · scale`
 //! where every factor keeps index `e`, else `+0`: the interpreter's `Mask`
-//! node, bit for bit (same hash, same f32 product).
+//! node, bit for bit (same hash, same f32 product). A mask applied by two
+//! launches hashes once: the first writes which elements it keeps, one byte
+//! each, and the second reads them ([`KeptBytes`]).
 
 use dropjit_graph::mask;
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Args;
+use dropjit_graph::dropout::DropoutConfig;
 use dropjit_graph::gradcheck::random_batch;
 use dropjit_graph::init::init_params;
 use dropjit_graph::step::SgdConfig;
@@ -37,6 +38,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also time the plain step, alternating with the chosen mode step by
+    /// step in this process, and print the ratio of their speeds (the cost
+    /// of the dropout mode, free of the machine's drift between runs).
+    #[arg(long)]
+    pub vs_plain: bool,
 }
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode, CliError> {
@@ -46,7 +52,12 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CliError> {
     if batch == 0 || args.steps == 0 || args.threads == 0 {
         return Err("--batch, --steps and --threads must be at least 1".into());
     }
-    let spec = EngineSpec {
+    if args.vs_plain && (args.eval || args.profile) {
+        return Err(
+            "--vs-plain times training steps: it takes neither --eval nor --profile".into(),
+        );
+    }
+    let spec = |dropout| EngineSpec {
         graph: &g,
         dropout,
         sgd: SgdConfig::from_recipe(&g),
@@ -54,7 +65,16 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CliError> {
         threads: args.threads,
         params: init_params(&g, 0),
     };
-    let mut engine = JitEngine::new(spec)?;
+    let mut engine = JitEngine::new(spec(dropout))?;
+    // The plain step timed in alternation with the chosen one (--vs-plain).
+    let mut plain = match args.vs_plain {
+        true => {
+            let mut e = JitEngine::new(spec(DropoutConfig::PLAIN))?;
+            e.step_program(batch)?;
+            Some(e)
+        }
+        false => None,
+    };
     let t = Instant::now();
     let compiled = if args.eval {
         engine.eval_program(batch)?
@@ -79,7 +99,24 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CliError> {
     // Caffe-like small learning rate keeps the random-data run finite.
     let lr = 1e-4;
     let mut times = Vec::with_capacity(args.steps);
+    let mut plain_times = Vec::with_capacity(args.steps);
     for i in 0..args.steps + 2 {
+        // Alternate which of the pair runs first, so neither always follows
+        // the other.
+        let plain_first = i % 2 == 1;
+        let mut time_plain = |plain: &mut Option<JitEngine>| -> Result<(), CliError> {
+            if let Some(p) = plain {
+                let t = Instant::now();
+                p.train_step(&images, &labels, i as u64, lr)?;
+                if i >= 2 {
+                    plain_times.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            Ok(())
+        };
+        if plain_first {
+            time_plain(&mut plain)?;
+        }
         let t = Instant::now();
         if args.eval {
             engine.eval_batch(&images, &labels)?;
@@ -89,20 +126,37 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CliError> {
         if i >= 2 {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        if !plain_first {
+            time_plain(&mut plain)?;
+        }
     }
+    // Per pair: plain's time over the mode's, i.e. the mode's speed over
+    // plain's; the median of those.
+    let mut pair_ratios: Vec<f64> = plain_times.iter().zip(&times).map(|(p, m)| p / m).collect();
+    pair_ratios.sort_by(f64::total_cmp);
     times.sort_by(f64::total_cmp);
+    plain_times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let (min, max) = (times[0], times[times.len() - 1]);
     let ips = batch as f64 / (median / 1e3);
     let what = if args.eval { "eval" } else { "train" };
+    let vs_plain = (!pair_ratios.is_empty()).then(|| {
+        let q = |f: f64| pair_ratios[((pair_ratios.len() - 1) as f64 * f).round() as usize];
+        (plain_times[plain_times.len() / 2], q(0.5), q(0.25), q(0.75))
+    });
     if args.json {
-        let obj = serde_json::json!({
+        let mut obj = serde_json::json!({
             "model": g.name, "mode": what, "dropout": dropout.describe(), "batch": batch,
             "threads": args.threads, "steps": args.steps, "images_per_second": ips,
             "step_ms_median": median, "step_ms_min": min, "step_ms_max": max,
             "compile_ms": compile_ms, "arena_bytes": arena_bytes, "kernels": kernels, "kernels_compiled": unique,
             "conv_isa": isa.name(),
         });
+        if let Some((plain_ms, ratio, lo, hi)) = vs_plain {
+            obj["plain_step_ms_median"] = plain_ms.into();
+            obj["vs_plain_median"] = ratio.into();
+            obj["vs_plain_quartiles"] = serde_json::json!([lo, hi]);
+        }
         println!("{obj}");
     } else {
         println!(
@@ -113,6 +167,13 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CliError> {
             args.steps,
             arena_bytes as f64 / (1 << 20) as f64
         );
+        if let Some((plain_ms, ratio, lo, hi)) = vs_plain {
+            println!(
+                "  against plain, alternating step by step: plain {plain_ms:.2} ms/step; {} / plain images/s per pair: median {ratio:.3} (quartiles {lo:.3}-{hi:.3}, {} pairs)",
+                dropout.describe(),
+                pair_ratios.len()
+            );
+        }
     }
     if args.profile && !args.eval {
         let c = engine.step_program_mut(batch).expect("compiled above");
