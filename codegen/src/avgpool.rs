@@ -10,21 +10,20 @@
 //! - gradient, an *output* mask: `B ⊙ dx`, applied to each task's planes as
 //!   they are finished.
 //!
-//! A window's sum is taken as the sum of its column sums (the interpreter
-//! adds its taps row-major), so it may differ from `interp::avg_pool` in the
-//! last bit; the divisor is the same (the window's size inside the padding).
-//! The gradient spreads `dy / size` along each output row, then adds those
-//! row sums to the window's rows. Each plane is one task's alone, in a fixed
-//! order, so results are bit-identical at any thread count, and the masks
-//! are the interpreter's, bit for bit.
-
-use std::cell::RefCell;
+//! The sums are the interpreter's, in its order: a window's taps row-major
+//! from `+0`, over the window's size inside the padding; the gradient adds
+//! `dy / size` to every tap, outputs in row-major order. On AVX-512 a row of
+//! up to 32 inputs (16 outputs) is a vector and each tap column one permute
+//! (`x86`); elsewhere scalar loops. Both are bit-identical to
+//! `interp::{avg_pool, avg_pool_grad}` followed by the mask node, at any
+//! thread count (each plane is one task's alone).
 
 use dropjit_graph::interp::{window, Nchw};
 use dropjit_graph::op::PoolAttrs;
 
-use crate::conv::{ConvIsa, InputMask, KeptBytes, MaskArgs};
+use crate::conv::{key_slots_of, recording_of, ConvIsa, InputMask, MaskArgs};
 use crate::kernels::parallel::global_pool;
+use crate::maxpool::pool_text;
 
 /// A plane's windows: clipped bounds of every output row and column, the
 /// divisor of every output and, for the AVX-512 rows, the lane tables.
@@ -42,6 +41,9 @@ struct Windows {
     /// input column takes `dy / size` from, and which columns have one
     /// (gradient, input columns in lanes).
     spread: Vec<[([u32; 16], u16); 2]>,
+    /// Per input row, the output rows whose windows cover it (a contiguous,
+    /// ascending run `lo..hi`; empty for rows no window reads).
+    covering: Vec<(usize, usize)>,
 }
 
 impl Windows {
@@ -79,6 +81,13 @@ impl Windows {
             }
             spread.push(halves);
         }
+        let covering = (0..x.h)
+            .map(|r| {
+                let covers = |oy: usize| rows[oy].0 <= r && r < rows[oy].1;
+                let lo = (0..y.h).find(|&oy| covers(oy)).unwrap_or(y.h);
+                (lo, (lo..y.h).find(|&oy| !covers(oy)).unwrap_or(y.h))
+            })
+            .collect();
         Self {
             rows: rows.iter().map(|&(a, b, _)| (a, b)).collect(),
             cols: cols.iter().map(|&(a, b, _)| (a, b)).collect(),
@@ -88,6 +97,7 @@ impl Windows {
             w: x.w,
             taps,
             spread,
+            covering,
         }
     }
 
@@ -101,11 +111,6 @@ impl Windows {
 /// Elements of input a task covers, at least one plane: 16 KiB, so a task's
 /// masked planes stay in L1 between masking and pooling.
 const TASK_ELEMS: usize = 4096;
-
-thread_local! {
-    /// A task's masked input planes (forward with an input mask only).
-    static MASKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
 
 /// An average-pooling launch: forward `[x, y]`, gradient `[dy, dx]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -163,41 +168,21 @@ impl AvgPoolLaunch {
 
     /// The mask that records or reads which elements it keeps, if any.
     fn recording_mask(&self) -> Option<&InputMask> {
-        [&self.input_mask, &self.output_mask]
-            .into_iter()
-            .flatten()
-            .find(|m| m.kept != KeptBytes::None)
+        recording_of([&self.input_mask, &self.output_mask])
     }
 
     /// One past the largest mask key slot the launch reads.
     pub fn key_slots(&self) -> u32 {
-        let slots = |m: &Option<InputMask>| m.as_ref().map_or(0, |m| m.key_slots());
-        slots(&self.input_mask).max(slots(&self.output_mask))
+        key_slots_of([&self.input_mask, &self.output_mask])
     }
 
     pub fn describe(&self) -> String {
-        let mask = |m: &Option<InputMask>, what: &str| match m {
-            Some(m) => format!(
-                ", {what} ({} factor(s), scale {}{})",
-                m.factors.len(),
-                m.scale,
-                m.kept_text()
-            ),
-            None => String::new(),
+        let mask = |m: &Option<InputMask>, what: &str| {
+            m.as_ref().map_or(String::new(), |m| m.plan_text(what))
         };
-        format!(
-            "avg_pool2d{} {}x{}x{} k{} s{} p{} x{} (rust){}{}",
-            if self.grad { "_grad" } else { "" },
-            self.x.c,
-            self.x.h,
-            self.x.w,
-            self.pool.kernel,
-            self.pool.stride,
-            self.pool.padding,
-            self.x.n,
-            mask(&self.input_mask, "input masked as read"),
-            mask(&self.output_mask, "output masked as stored"),
-        )
+        pool_text("avg_pool2d", self.grad, &self.pool, self.x)
+            + &mask(&self.input_mask, "input masked as read")
+            + &mask(&self.output_mask, "output masked as stored")
     }
 
     /// # Safety
@@ -234,11 +219,8 @@ impl AvgPoolLaunch {
             let src = (p[0] as *const f32).add(first * xp);
             let ys = std::slice::from_raw_parts_mut((p[1] as *mut f32).add(first * yp), n * yp);
             match &self.input_mask {
-                Some(m) => MASKED.with(|buf| {
-                    let mut buf = buf.borrow_mut();
-                    buf.resize(n * xp, 0.0);
-                    m.apply(self.isa, masks, src, first * xp, n * xp, buf.as_mut_ptr());
-                    forward_planes(self.isa, &buf, ys, &win);
+                Some(m) => m.with_masked(self.isa, masks, src, first * xp, n * xp, |xs| {
+                    forward_planes(self.isa, xs, ys, &win)
                 }),
                 None => forward_planes(self.isa, std::slice::from_raw_parts(src, n * xp), ys, &win),
             }
@@ -378,15 +360,6 @@ mod x86 {
             .rev()
             .map(|h| h.map(|(idx, m)| (_mm512_loadu_si512(idx.as_ptr().cast()), m)))
             .collect();
-        // Output rows covering each input row: a contiguous, ascending run.
-        let h = win.x_plane / w;
-        let covering: Vec<(usize, usize)> = (0..h)
-            .map(|r| {
-                let covers = |oy: usize| win.rows[oy].0 <= r && r < win.rows[oy].1;
-                let lo = (0..oh).find(|&oy| covers(oy)).unwrap_or(oh);
-                (lo, (lo..oh).find(|&oy| !covers(oy)).unwrap_or(oh))
-            })
-            .collect();
         let mut g = vec![_mm512_setzero_ps(); oh];
         for (dys, dxs) in dy
             .chunks_exact(win.y_plane)
@@ -397,7 +370,7 @@ mod x86 {
                 let sizes = _mm512_maskz_loadu_ps(out, win.sizes.as_ptr().add(oy * ow));
                 *g = _mm512_maskz_div_ps(out, d, sizes);
             }
-            for (r, &(oy0, oy1)) in covering.iter().enumerate() {
+            for (r, &(oy0, oy1)) in win.covering.iter().enumerate() {
                 for (half, &(at, valid)) in halves.iter().enumerate() {
                     if valid == 0 {
                         continue;
@@ -419,6 +392,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conv::KeptBytes;
     use crate::kernels::expr::testing::data;
     use dropjit_graph::interp::{avg_pool, avg_pool_grad};
     use dropjit_graph::mask;

@@ -44,17 +44,7 @@ impl MaxPoolLaunch {
     }
 
     pub fn describe(&self) -> String {
-        format!(
-            "max_pool2d{} {}x{}x{} k{} s{} p{} x{} (rust)",
-            if self.grad { "_grad" } else { "" },
-            self.x.c,
-            self.x.h,
-            self.x.w,
-            self.pool.kernel,
-            self.pool.stride,
-            self.pool.padding,
-            self.x.n
-        )
+        pool_text("max_pool2d", self.grad, &self.pool, self.x)
     }
 
     /// # Safety
@@ -93,6 +83,22 @@ impl MaxPoolLaunch {
             }
         });
     }
+}
+
+/// What `--emit plan` says of a Rust pooling launch over input `x`:
+/// `max_pool2d_grad 32x32x32 k3 s2 p0 x100 (rust)`.
+pub(crate) fn pool_text(op: &str, grad: bool, pool: &PoolAttrs, x: Nchw) -> String {
+    format!(
+        "{op}{} {}x{}x{} k{} s{} p{} x{} (rust)",
+        if grad { "_grad" } else { "" },
+        x.c,
+        x.h,
+        x.w,
+        pool.kernel,
+        pool.stride,
+        pool.padding,
+        x.n
+    )
 }
 
 fn forward_plane(

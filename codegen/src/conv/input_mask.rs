@@ -12,7 +12,15 @@
 
 use dropjit_graph::mask;
 
+use std::cell::RefCell;
+
 use super::ConvIsa;
+
+thread_local! {
+    /// This thread's masked elements ([`InputMask::with_masked`]); grows to
+    /// the largest request and stays.
+    static MASKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// The mask a launch applies to its image input.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +33,26 @@ pub struct InputMask {
     /// Whether the launch records which elements it keeps, or reads that
     /// record instead of hashing (see [`KeptBytes`]).
     pub kept: KeptBytes,
+}
+
+/// The masks of a native launch, on its input (applied as it reads it) and
+/// on its output (as it stores it): one past the largest key slot they read.
+pub fn key_slots_of(masks: [&Option<InputMask>; 2]) -> u32 {
+    masks
+        .into_iter()
+        .flatten()
+        .map(InputMask::key_slots)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Of a launch's masks (as [`key_slots_of`]), the one that writes or reads
+/// a record, if any.
+pub fn recording_of(masks: [&Option<InputMask>; 2]) -> Option<&InputMask> {
+    masks
+        .into_iter()
+        .flatten()
+        .find(|m| m.kept != KeptBytes::None)
 }
 
 /// A record of a mask, one byte per element (1: kept), shared by the
@@ -83,6 +111,17 @@ impl InputMask {
         matches!(self.factors.len(), 1 | 2)
     }
 
+    /// What `--emit plan` says of the mask: `, {what} (N factor(s), scale S)`
+    /// and the record's role.
+    pub fn plan_text(&self, what: &str) -> String {
+        format!(
+            ", {what} ({} factor(s), scale {}{})",
+            self.factors.len(),
+            self.scale,
+            self.kept_text()
+        )
+    }
+
     /// What `--emit plan` adds about the record.
     pub fn kept_text(&self) -> &'static str {
         match self.kept {
@@ -115,6 +154,31 @@ impl InputMask {
             std::slice::from_raw_parts_mut(dst, len),
         );
         self.dispatch(isa, args, Some(src), first, dst)
+    }
+
+    /// Runs `f` on the `len` elements of `src` from flat index `first`,
+    /// masked into this thread's buffer (a convolution's image as it
+    /// prepares it, a pooling task's planes): never stored in the arena.
+    ///
+    /// # Safety
+    /// As [`InputMask::apply`].
+    pub unsafe fn with_masked<R>(
+        &self,
+        isa: ConvIsa,
+        args: MaskArgs,
+        src: *const f32,
+        first: usize,
+        len: usize,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> R {
+        MASKED.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            self.apply(isa, args, src, first, len, buf.as_mut_ptr());
+            f(&buf[..len])
+        })
     }
 
     /// [`InputMask::apply`] on `len` elements in place (the output mask of an
@@ -217,41 +281,39 @@ const READ: u8 = 2;
 #[inline(always)]
 fn apply_any(m: &Masking, src: Option<&[f32]>, dst: &mut [f32], kept: &mut [u8]) {
     let key = |slot: u32| m.keys[slot as usize];
-    match (src, m.record, m.factors) {
-        (Some(s), KeptBytes::Read, _) => one_pass::<0, READ>([], [], m, Other(s), dst, kept),
-        (None, KeptBytes::Read, _) => one_pass::<0, READ>([], [], m, InPlace, dst, kept),
-        (src, record, &[(k, t)]) => {
-            let (keys, ts) = ([key(k)], [t]);
-            match (src, record) {
-                (Some(s), KeptBytes::Write) => {
-                    one_pass::<1, WRITE>(keys, ts, m, Other(s), dst, kept)
-                }
-                (None, KeptBytes::Write) => one_pass::<1, WRITE>(keys, ts, m, InPlace, dst, kept),
-                (Some(s), _) => one_pass::<1, HASH>(keys, ts, m, Other(s), dst, kept),
-                (None, _) => one_pass::<1, HASH>(keys, ts, m, InPlace, dst, kept),
-            }
+    match *m.factors {
+        [(k, t)] => by_record([key(k)], [t], m, src, dst, kept),
+        [(k1, t1), (k2, t2)] => by_record([key(k1), key(k2)], [t1, t2], m, src, dst, kept),
+        _ => {
+            assert_eq!(m.record, KeptBytes::None, "only one or two factors record");
+            general(m, src, dst)
         }
-        (src, record, &[(k1, t1), (k2, t2)]) => {
-            let (keys, ts) = ([key(k1), key(k2)], [t1, t2]);
-            match (src, record) {
-                (Some(s), KeptBytes::Write) => {
-                    one_pass::<2, WRITE>(keys, ts, m, Other(s), dst, kept)
-                }
-                (None, KeptBytes::Write) => one_pass::<2, WRITE>(keys, ts, m, InPlace, dst, kept),
-                (Some(s), _) => one_pass::<2, HASH>(keys, ts, m, Other(s), dst, kept),
-                (None, _) => one_pass::<2, HASH>(keys, ts, m, InPlace, dst, kept),
-            }
-        }
-        (src, record, factors) => {
-            assert_eq!(record, KeptBytes::None, "only one or two factors record");
-            general(factors, m, src, dst)
-        }
+    }
+}
+
+/// [`one_pass`] for the mask's record role and source.
+#[inline(always)]
+fn by_record<const F: usize>(
+    keys: [u64; F],
+    ts: [i32; F],
+    m: &Masking,
+    src: Option<&[f32]>,
+    dst: &mut [f32],
+    kept: &mut [u8],
+) {
+    match (m.record, src) {
+        (KeptBytes::None, Some(s)) => one_pass::<F, HASH>(keys, ts, m, Other(s), dst, kept),
+        (KeptBytes::None, None) => one_pass::<F, HASH>(keys, ts, m, InPlace, dst, kept),
+        (KeptBytes::Write, Some(s)) => one_pass::<F, WRITE>(keys, ts, m, Other(s), dst, kept),
+        (KeptBytes::Write, None) => one_pass::<F, WRITE>(keys, ts, m, InPlace, dst, kept),
+        (KeptBytes::Read, Some(s)) => one_pass::<F, READ>(keys, ts, m, Other(s), dst, kept),
+        (KeptBytes::Read, None) => one_pass::<F, READ>(keys, ts, m, InPlace, dst, kept),
     }
 }
 
 /// Any number of factors: the scaled copy, then one select per factor.
 #[inline(always)]
-fn general(factors: &[(u32, i32)], m: &Masking, src: Option<&[f32]>, dst: &mut [f32]) {
+fn general(m: &Masking, src: Option<&[f32]>, dst: &mut [f32]) {
     match src {
         Some(src) => {
             for (d, s) in dst.iter_mut().zip(src) {
@@ -264,7 +326,7 @@ fn general(factors: &[(u32, i32)], m: &Masking, src: Option<&[f32]>, dst: &mut [
             }
         }
     }
-    for &(slot, threshold) in factors {
+    for &(slot, threshold) in m.factors {
         let key = m.keys[slot as usize];
         for (i, d) in dst.iter_mut().enumerate() {
             let kept = mask::is_kept(key, m.first.wrapping_add(i as u32), threshold);

@@ -28,7 +28,7 @@ mod winograd;
 
 use std::cell::RefCell;
 
-pub use input_mask::{InputMask, KeptBytes, MaskArgs};
+pub use input_mask::{key_slots_of, recording_of, InputMask, KeptBytes, MaskArgs};
 pub use isa::{ConvIsa, ISA_ENV};
 pub use peak::fma_peak_gflops;
 use prep::Prep;
@@ -187,8 +187,7 @@ impl ConvLaunch {
 
     /// One past the largest mask key slot the launch reads.
     pub fn key_slots(&self) -> u32 {
-        let slots = |m: &Option<InputMask>| m.as_ref().map_or(0, |m| m.key_slots());
-        slots(&self.input_mask).max(slots(&self.output_mask))
+        key_slots_of([&self.input_mask, &self.output_mask])
     }
 
     /// Index of the bias argument.
@@ -289,18 +288,10 @@ impl ConvLaunch {
         e
     }
 
-    /// The mask that records or reads which elements it keeps, if any.
-    fn recording_mask(&self) -> Option<&InputMask> {
-        [&self.input_mask, &self.output_mask]
-            .into_iter()
-            .flatten()
-            .find(|m| m.kept != KeptBytes::None)
-    }
-
     /// Index of the argument holding the mask's record, when it has one
     /// (after the bias and the statistics).
     pub fn kept_arg(&self) -> Option<usize> {
-        self.recording_mask()?;
+        recording_of([&self.input_mask, &self.output_mask])?;
         Some(4 + self.bias as usize + 2 * self.stats as usize)
     }
 
@@ -344,14 +335,8 @@ impl ConvLaunch {
     }
 
     fn mask_text(&self) -> String {
-        let text = |m: &Option<InputMask>, what: &str| match m {
-            Some(m) => format!(
-                ", {what} ({} factor(s), scale {}{})",
-                m.factors.len(),
-                m.scale,
-                m.kept_text()
-            ),
-            None => String::new(),
+        let text = |m: &Option<InputMask>, what: &str| {
+            m.as_ref().map_or(String::new(), |m| m.plan_text(what))
         };
         text(&self.input_mask, "input masked as prepared")
             + &text(&self.output_mask, "output masked as stored")
@@ -525,14 +510,7 @@ impl ConvLaunch {
         else {
             return f(img);
         };
-        MASKED.with(|s| {
-            let mut v = s.borrow_mut();
-            if v.len() < len {
-                v.resize(len, 0.0);
-            }
-            m.apply(isa, masks, img, n * len, len, v.as_mut_ptr());
-            f(v.as_ptr());
-        })
+        m.with_masked(isa, masks, img, n * len, len, |v| f(v.as_ptr()))
     }
 
     /// Runs `group(first_image, end_image, partial)` for each fixed group of
@@ -573,8 +551,6 @@ thread_local! {
     /// Per-thread working memory of the convolution passes (prepared images,
     /// column matrices); grows to the largest request and stays.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// One masked input image ([`ConvLaunch::prepare_image`]), beside `SCRATCH`.
-    static MASKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with `len` elements of this thread's scratch (contents undefined).
